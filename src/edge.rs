@@ -1,0 +1,150 @@
+//! Edge glue: the only module that touches the request, the environment and bindings.
+//! It reads what the pure core needs, calls it, and writes the answer and the log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::StreamExt;
+use worker::{
+    console_error, console_log, console_warn, Env, Headers, Method, Request, Response, Result,
+};
+
+use crate::config::Config;
+use crate::ledger::d1::D1Ledger;
+use crate::ledger::LedgerError;
+use crate::log::{Level, Line, Sink};
+use crate::reply::{self, Reply};
+use crate::webhook::{self, Decision, Delivery, Refusal};
+
+pub const WEBHOOK_PATH: &str = "/webhooks/stripe";
+pub const HEALTH_PATH: &str = "/healthz";
+pub const DB_BINDING: &str = "DB";
+
+/// Configuration problems are logged once per isolate, not once per request.
+static CONFIG_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Writes log lines to the console, at the console level `wrangler tail` filters on.
+pub struct Console;
+
+impl Sink for Console {
+    fn emit(&self, level: Level, line: &str) {
+        match level {
+            Level::Info => console_log!("{line}"),
+            Level::Warn => console_warn!("{line}"),
+            Level::Error => console_error!("{line}"),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// Reads settings from `[vars]`, `.dev.vars` and secrets alike: all are strings on `env`.
+pub fn load_config(env: &Env) -> Config {
+    let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
+    if let Some(line) = reply::config_line(&config) {
+        if !CONFIG_REPORTED.swap(true, Ordering::Relaxed) {
+            line.emit(&Console);
+        }
+    }
+    config
+}
+
+pub async fn route(req: Request, env: Env) -> Result<Response> {
+    let started = now_ms();
+    match (req.path().as_str(), req.method()) {
+        (WEBHOOK_PATH, Method::Post) => webhook(req, env, started).await,
+        (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
+        (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
+        _ => answer(Decision::refused(Refusal::NotFound), started),
+    }
+}
+
+async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
+    let config = load_config(&env);
+    if config.webhook_secrets.is_empty() {
+        return answer(Decision::refused(Refusal::NotConfigured), started);
+    }
+    let too_large = Decision::refused(Refusal::TooLarge {
+        limit: config.max_body_bytes,
+    });
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.max_body_bytes) {
+        return answer(too_large, started);
+    }
+    let Some(body) = read_capped(&mut req, config.max_body_bytes).await? else {
+        return answer(too_large, started);
+    };
+    let signature = req.headers().get("stripe-signature")?;
+    let delivery = Delivery {
+        signature: signature.as_deref(),
+        body: &body,
+    };
+    let decision = match env.d1(DB_BINDING) {
+        Ok(db) => webhook::handle(&config, &D1Ledger::new(db), delivery, started).await,
+        Err(e) => Decision::refused(Refusal::Unavailable(LedgerError {
+            operation: "bind",
+            detail: e.to_string(),
+        })),
+    };
+    answer(decision, started)
+}
+
+/// Reads the body, giving up as soon as it exceeds `limit` (a chunked body has no
+/// Content-Length to check up front). `None` means too large.
+async fn read_capped(req: &mut Request, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Some(Vec::new())); // no body at all
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+async fn healthz(env: Env) -> Result<Response> {
+    let config = load_config(&env);
+    let database_ok = match env.d1(DB_BINDING) {
+        Ok(db) => D1Ledger::new(db).ping().await.is_ok(),
+        Err(_) => false,
+    };
+    respond(reply::healthz(&config, database_ok))
+}
+
+fn answer(decision: Decision, started: u64) -> Result<Response> {
+    reply::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    respond(reply::for_decision(&decision))
+}
+
+fn respond(reply: Reply) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    if let Some(allow) = reply.allow {
+        headers.set("allow", allow)?;
+    }
+    Ok(Response::from_bytes(reply.body.to_string().into_bytes())?
+        .with_status(reply.status)
+        .with_headers(headers))
+}
+
+/// Logs a panic-free but failed request (a bug in the glue) without its detail leaking
+/// to the client.
+pub fn internal_error(e: &worker::Error) -> Result<Response> {
+    Line::error("internal error")
+        .text("detail", &e.to_string())
+        .emit(&Console);
+    respond(Reply {
+        status: 500,
+        body: serde_json::json!({"error": "internal error"}),
+        allow: None,
+    })
+}

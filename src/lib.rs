@@ -1,0 +1,32 @@
+//! stripe-edge: Stripe webhooks at the edge, fulfilled exactly once.
+//!
+//! A pure core (`signature`, `event`, `config`, `plan`, `webhook`, `reply`, `log`) that
+//! compiles and is tested natively, and thin edge glue (`edge`, `ledger::d1`) that is the
+//! only code touching JavaScript. See README.md, "Architecture".
+
+pub mod config;
+pub mod edge;
+pub mod event;
+pub mod ledger;
+pub mod log;
+pub mod plan;
+pub mod reply;
+pub mod signature;
+pub mod webhook;
+
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Every request goes through [`edge::route`]; an unexpected glue error becomes a
+/// generic 500 (never `respond_with_errors`, which would put the error text in the body).
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    match edge::route(req, env).await {
+        Ok(response) => Ok(response),
+        Err(e) => edge::internal_error(&e),
+    }
+}

@@ -1,0 +1,229 @@
+//! What Stripe and ops are told about a [`Decision`]: the HTTP answer and the one log
+//! line. The status code of every outcome is decided here and nowhere else.
+//!
+//! 2xx tells Stripe "never send this again", so it is given only once the event is
+//! recorded. Retryable trouble (storage) is 503 so Stripe redelivers; a request that can
+//! never succeed as sent is 4xx; a Worker that is not configured is 500, which Stripe
+//! also retries for three days, so no event is lost while the secret is being set.
+
+use serde_json::{json, Value};
+
+use crate::config::{Config, STRIPE_WEBHOOK_SECRET};
+use crate::log::Line;
+use crate::webhook::{Decision, Refusal, Verdict};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn error(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+            allow: None,
+        }
+    }
+}
+
+pub fn for_decision(decision: &Decision) -> Reply {
+    match &decision.verdict {
+        Verdict::Recorded(status) => Reply {
+            status: 200,
+            body: json!({
+                "received": true,
+                "event_id": decision.event_id,
+                "status": status.as_str(),
+            }),
+            allow: None,
+        },
+        Verdict::Refused(refusal) => for_refusal(refusal),
+    }
+}
+
+fn for_refusal(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotFound => Reply::error(404, "not found"),
+        Refusal::MethodNotAllowed => Reply {
+            allow: Some("POST"),
+            ..Reply::error(405, "method not allowed: Stripe webhooks are POSTed")
+        },
+        Refusal::TooLarge { limit } => Reply::error(
+            413,
+            format!("body larger than MAX_BODY_BYTES ({limit} bytes)"),
+        ),
+        // The client learns nothing of our configuration; the log names the setting.
+        Refusal::NotConfigured => Reply::error(500, "webhook endpoint is not configured"),
+        Refusal::BadSignature(e) => Reply::error(400, e.to_string()),
+        Refusal::NotAnEvent(e) => Reply::error(400, e.to_string()),
+        Refusal::Unavailable(_) => Reply::error(503, "temporarily unavailable, please retry"),
+    }
+}
+
+/// The one log line of a decision.
+pub fn decision_line(decision: &Decision, duration_ms: u64) -> Line {
+    let line = match &decision.verdict {
+        Verdict::Recorded(status) => {
+            Line::info("webhook recorded").label("status", status.as_str())
+        }
+        Verdict::Refused(refusal) => refusal_line(refusal),
+    };
+    line.opt_id("event_id", decision.event_id.as_deref())
+        .opt_id("event_type", decision.event_type.as_deref())
+        .opt_id("object_id", decision.object_id.as_deref())
+        .opt_id("disposition", decision.disposition.map(|d| d.as_str()))
+        .num("duration_ms", duration_ms)
+}
+
+fn refusal_line(refusal: &Refusal) -> Line {
+    let line = match refusal {
+        Refusal::NotFound | Refusal::MethodNotAllowed => Line::info("request refused"),
+        Refusal::TooLarge { .. } | Refusal::BadSignature(_) | Refusal::NotAnEvent(_) => {
+            Line::warn("webhook refused")
+        }
+        Refusal::NotConfigured => {
+            Line::error("webhook refused: not configured").id("setting", STRIPE_WEBHOOK_SECRET)
+        }
+        Refusal::Unavailable(e) => {
+            Line::error("webhook refused: ledger unavailable").text("detail", &e.detail)
+        }
+    };
+    let line = line
+        .label("status", "refused")
+        .label("reason", refusal.code());
+    match refusal {
+        Refusal::BadSignature(e) => line.text("detail", &e.to_string()),
+        Refusal::NotAnEvent(e) => line.text("detail", &e.to_string()),
+        _ => line,
+    }
+}
+
+/// `GET /healthz`: always 200 (the Worker answered); `ok` says whether it can take
+/// deliveries, and the lists name settings, never values.
+pub fn healthz(config: &Config, database_ok: bool) -> Reply {
+    let missing = config.missing();
+    let invalid = config.invalid();
+    let ok = !config.webhook_secrets.is_empty()
+        && missing.is_empty()
+        && invalid.is_empty()
+        && database_ok;
+    Reply {
+        status: 200,
+        body: json!({
+            "ok": ok,
+            "service": "stripe-edge",
+            "database": if database_ok { "ok" } else { "unavailable" },
+            "missing": missing,
+            "invalid": invalid,
+            "unset_optional": config.unset_optional(),
+        }),
+        allow: None,
+    }
+}
+
+/// The log line of configuration problems, once per isolate.
+pub fn config_line(config: &Config) -> Option<Line> {
+    if config.problems.is_empty() {
+        return None;
+    }
+    Some(
+        Line::error("configuration problems")
+            .ids("missing", &config.missing())
+            .ids("invalid", &config.invalid()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::SignatureError;
+    use crate::webhook::Status;
+
+    fn decided(verdict: Verdict) -> Decision {
+        Decision {
+            event_id: Some("evt_1".into()),
+            verdict,
+            ..Decision::refused(Refusal::NotFound)
+        }
+    }
+
+    #[test]
+    fn every_outcome_has_its_status_code() {
+        let cases = [
+            (Verdict::Recorded(Status::Accepted), 200),
+            (Verdict::Recorded(Status::Duplicate), 200),
+            (Verdict::Refused(Refusal::NotFound), 404),
+            (Verdict::Refused(Refusal::MethodNotAllowed), 405),
+            (Verdict::Refused(Refusal::TooLarge { limit: 10 }), 413),
+            (Verdict::Refused(Refusal::NotConfigured), 500),
+            (
+                Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch)),
+                400,
+            ),
+            (
+                Verdict::Refused(Refusal::Unavailable(crate::ledger::LedgerError {
+                    operation: "claim_event",
+                    detail: "x".into(),
+                })),
+                503,
+            ),
+        ];
+        for (verdict, status) in cases {
+            assert_eq!(
+                for_decision(&decided(verdict.clone())).status,
+                status,
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_recorded_event_answers_the_documented_body() {
+        let reply = for_decision(&decided(Verdict::Recorded(Status::Accepted)));
+        assert_eq!(
+            reply.body,
+            json!({"received": true, "event_id": "evt_1", "status": "accepted"})
+        );
+    }
+
+    #[test]
+    fn a_405_says_which_method_is_allowed() {
+        assert_eq!(
+            for_decision(&decided(Verdict::Refused(Refusal::MethodNotAllowed))).allow,
+            Some("POST")
+        );
+    }
+
+    #[test]
+    fn not_configured_names_the_setting_in_the_log_only() {
+        let decision = decided(Verdict::Refused(Refusal::NotConfigured));
+        assert!(!for_decision(&decision)
+            .body
+            .to_string()
+            .contains(STRIPE_WEBHOOK_SECRET));
+        assert!(decision_line(&decision, 0)
+            .to_json()
+            .contains(STRIPE_WEBHOOK_SECRET));
+    }
+
+    #[test]
+    fn healthz_names_bad_settings_without_values() {
+        let config = Config::load(|name| match name {
+            "STRIPE_WEBHOOK_SECRET" => Some("sk_test_wrong".into()),
+            "STRIPE_WEBHOOK_TOLERANCE_SECS" => Some("abc".into()),
+            _ => None,
+        });
+        let reply = healthz(&config, true);
+        let text = reply.body.to_string();
+        assert_eq!(reply.body["ok"], false);
+        assert!(
+            text.contains("STRIPE_WEBHOOK_SECRET")
+                && text.contains("STRIPE_WEBHOOK_TOLERANCE_SECS")
+        );
+        assert!(!text.contains("sk_test_wrong") && !text.contains("abc\""));
+    }
+}
