@@ -6,13 +6,21 @@
 
 pub mod config;
 pub mod edge;
+pub mod engine;
 pub mod event;
 pub mod ledger;
+pub mod license;
 pub mod log;
 pub mod plan;
 pub mod reply;
+pub mod shipping;
 pub mod signature;
+pub mod stripe_api;
+pub mod upstream;
 pub mod webhook;
+
+#[cfg(test)]
+mod testing;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, STRIPE_WEBHOOK_SECRET};
 use crate::log::Line;
-use crate::webhook::{Decision, Refusal, Verdict};
+use crate::webhook::{Decision, Refusal, Status, Verdict};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -32,15 +32,21 @@ impl Reply {
 
 pub fn for_decision(decision: &Decision) -> Reply {
     match &decision.verdict {
-        Verdict::Recorded(status) => Reply {
-            status: 200,
-            body: json!({
+        Verdict::Recorded(status) => {
+            let mut body = json!({
                 "received": true,
                 "event_id": decision.event_id,
                 "status": status.as_str(),
-            }),
-            allow: None,
-        },
+            });
+            if let Some(state) = decision.purchase_state {
+                body["purchase_state"] = state.as_str().into();
+            }
+            Reply {
+                status: 200,
+                body,
+                allow: None,
+            }
+        }
         Verdict::Refused(refusal) => for_refusal(refusal),
     }
 }
@@ -61,12 +67,22 @@ fn for_refusal(refusal: &Refusal) -> Reply {
         Refusal::BadSignature(e) => Reply::error(400, e.to_string()),
         Refusal::NotAnEvent(e) => Reply::error(400, e.to_string()),
         Refusal::Unavailable(_) => Reply::error(503, "temporarily unavailable, please retry"),
+        // 409, not 2xx: the purchase is not done until its holder finishes.
+        Refusal::Busy => Reply::error(
+            409,
+            "this purchase is being fulfilled by another delivery; retry later",
+        ),
+        Refusal::Retry => Reply::error(503, "fulfilment is not complete yet; retry later"),
     }
 }
 
 /// The one log line of a decision.
 pub fn decision_line(decision: &Decision, duration_ms: u64) -> Line {
     let line = match &decision.verdict {
+        // A permanent failure is an error even though Stripe gets a 200.
+        Verdict::Recorded(Status::Failed) => {
+            Line::error("webhook recorded").label("status", "failed")
+        }
         Verdict::Recorded(status) => {
             Line::info("webhook recorded").label("status", status.as_str())
         }
@@ -76,6 +92,10 @@ pub fn decision_line(decision: &Decision, duration_ms: u64) -> Line {
         .opt_id("event_type", decision.event_type.as_deref())
         .opt_id("object_id", decision.object_id.as_deref())
         .opt_id("disposition", decision.disposition.map(|d| d.as_str()))
+        .opt_id(
+            "purchase_state",
+            decision.purchase_state.map(|s| s.as_str()),
+        )
         .num("duration_ms", duration_ms)
 }
 
@@ -91,6 +111,8 @@ fn refusal_line(refusal: &Refusal) -> Line {
         Refusal::Unavailable(e) => {
             Line::error("webhook refused: ledger unavailable").text("detail", &e.detail)
         }
+        Refusal::Busy => Line::info("webhook deferred: purchase busy"),
+        Refusal::Retry => Line::warn("webhook deferred: fulfilment incomplete"),
     };
     let line = line
         .label("status", "refused")
@@ -141,7 +163,6 @@ pub fn config_line(config: &Config) -> Option<Line> {
 mod tests {
     use super::*;
     use crate::signature::SignatureError;
-    use crate::webhook::Status;
 
     fn decided(verdict: Verdict) -> Decision {
         Decision {
@@ -160,6 +181,9 @@ mod tests {
             (Verdict::Refused(Refusal::MethodNotAllowed), 405),
             (Verdict::Refused(Refusal::TooLarge { limit: 10 }), 413),
             (Verdict::Refused(Refusal::NotConfigured), 500),
+            (Verdict::Refused(Refusal::Busy), 409),
+            (Verdict::Refused(Refusal::Retry), 503),
+            (Verdict::Recorded(Status::Failed), 200),
             (
                 Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch)),
                 400,

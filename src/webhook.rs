@@ -2,11 +2,13 @@
 //! decide, record. Knows nothing of JavaScript; the edge glue reads the request and
 //! turns the [`Decision`] into a response ([`crate::reply`]) and a log line.
 
-use crate::config::Config;
-use crate::event::{self, EventError};
-use crate::ledger::{Claim, EventRecord, Ledger, LedgerError};
+use crate::engine::{self, Deps, RunOutcome};
+use crate::event::{self, CheckoutSession, Event, EventError};
+use crate::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState};
+use crate::log::{Line, Sink};
 use crate::plan::{self, Disposition};
 use crate::signature::{self, SignatureError};
+use crate::upstream::{Clock, Upstream};
 
 /// A delivery as received: the signature header and the raw body bytes.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +24,10 @@ pub enum Status {
     Accepted,
     /// Seen before; nothing left to do.
     Duplicate,
-    /// Recorded, but not something this Worker acts on.
+    /// Recorded, but not something this Worker acts on (or a livemode mismatch).
     Ignored,
+    /// A step failed for good; retrying cannot help (see the log and the ledger).
+    Failed,
 }
 
 impl Status {
@@ -32,6 +36,7 @@ impl Status {
             Self::Accepted => "accepted",
             Self::Duplicate => "duplicate",
             Self::Ignored => "ignored",
+            Self::Failed => "failed",
         }
     }
 }
@@ -50,6 +55,10 @@ pub enum Refusal {
     NotAnEvent(EventError),
     /// The ledger could not record the event; Stripe must retry.
     Unavailable(LedgerError),
+    /// Another delivery holds a step of this purchase; Stripe must come back later.
+    Busy,
+    /// A step is not done yet and a retry can help (upstream down, slow, not configured).
+    Retry,
 }
 
 impl Refusal {
@@ -64,6 +73,8 @@ impl Refusal {
             Self::NotAnEvent(EventError::BadSession) => "bad_session",
             Self::NotAnEvent(_) => "not_an_event",
             Self::Unavailable(_) => "ledger_unavailable",
+            Self::Busy => "purchase_busy",
+            Self::Retry => "fulfilment_incomplete",
         }
     }
 }
@@ -81,6 +92,7 @@ pub struct Decision {
     pub event_type: Option<String>,
     pub object_id: Option<String>,
     pub disposition: Option<Disposition>,
+    pub purchase_state: Option<PurchaseState>,
     pub verdict: Verdict,
 }
 
@@ -91,22 +103,23 @@ impl Decision {
             event_type: None,
             object_id: None,
             disposition: None,
+            purchase_state: None,
             verdict: Verdict::Refused(refusal),
         }
     }
 }
 
 /// Handles a delivery whose size and method the glue already checked.
-pub async fn handle(
-    config: &Config,
-    ledger: &impl Ledger,
+pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
     delivery: Delivery<'_>,
-    now_ms: u64,
+    started_ms: u64,
 ) -> Decision {
+    let config = deps.config;
     if config.webhook_secrets.is_empty() {
         return Decision::refused(Refusal::NotConfigured);
     }
-    let now_secs = (now_ms / 1000) as i64;
+    let now_secs = (started_ms / 1000) as i64;
     if let Err(e) = signature::verify_at(
         delivery.signature,
         delivery.body,
@@ -124,23 +137,48 @@ pub async fn handle(
         event_id: Some(event.id.clone()),
         event_type: Some(event.kind.clone()),
         object_id: event.object_id.clone(),
-        disposition: None,
-        verdict: Verdict::Refused(Refusal::NotAnEvent(EventError::BadSession)),
+        ..Decision::refused(Refusal::NotAnEvent(EventError::BadSession))
     };
     let session = if plan::needs_session(&event.kind) {
         match event.checkout_session() {
             Ok(session) => Some(session),
-            Err(e) => {
-                decision.verdict = Verdict::Refused(Refusal::NotAnEvent(e));
-                return decision;
-            }
+            Err(_) => return decision, // refused as BadSession: nothing recorded
         }
     } else {
         None
     };
     let disposition = plan::disposition(&event, session.as_ref(), config.livemode);
     decision.disposition = Some(disposition);
-    let record = EventRecord {
+    let claim = match deps
+        .ledger
+        .claim_event(&record(&event, disposition, started_ms))
+        .await
+    {
+        Ok(claim) => claim,
+        Err(e) => {
+            decision.verdict = Verdict::Refused(Refusal::Unavailable(e));
+            return decision;
+        }
+    };
+    decision.verdict = match act(
+        deps,
+        &event,
+        session,
+        disposition,
+        claim,
+        started_ms,
+        &mut decision,
+    )
+    .await
+    {
+        Ok(verdict) => verdict,
+        Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+    };
+    decision
+}
+
+fn record(event: &Event<'_>, disposition: Disposition, now_ms: u64) -> EventRecord {
+    EventRecord {
         id: event.id.clone(),
         kind: event.kind.clone(),
         livemode: event.livemode,
@@ -149,32 +187,81 @@ pub async fn handle(
         object_id: event.object_id.clone(),
         disposition: disposition.as_str(),
         received_at_ms: now_ms,
+    }
+}
+
+/// Does what the disposition asks, for the first delivery and every redelivery alike:
+/// each ledger write is idempotent and the engine skips done steps, so a redelivery
+/// after a 503 picks up where the last one stopped.
+async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    event: &Event<'_>,
+    session: Option<CheckoutSession>,
+    disposition: Disposition,
+    claim: Claim,
+    started_ms: u64,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    let seen = claim == Claim::Seen;
+    let status = |first: Status| Verdict::Recorded(if seen { Status::Duplicate } else { first });
+    let Some(session) = session.filter(|_| disposition != Disposition::Ignored) else {
+        return Ok(status(Status::Ignored));
     };
-    decision.verdict = match ledger.claim_event(&record).await {
-        Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
-        Ok(Claim::Seen) => Verdict::Recorded(Status::Duplicate),
-        Ok(Claim::New) => Verdict::Recorded(match disposition {
-            Disposition::Ignored | Disposition::LivemodeMismatch => Status::Ignored,
-            _ => Status::Accepted,
-        }),
-    };
-    decision
+    let now = deps.clock.now_ms();
+    match disposition {
+        Disposition::Ignored => Ok(status(Status::Ignored)),
+        Disposition::LivemodeMismatch => {
+            Line::error("livemode mismatch: not fulfilled")
+                .id("event_id", &event.id)
+                .id("session_id", &session.id)
+                .flag("event_livemode", event.livemode)
+                .emit(deps.log);
+            Ok(status(Status::Ignored))
+        }
+        Disposition::AwaitingPayment => {
+            deps.ledger
+                .await_payment(&session.id, event.livemode, now)
+                .await?;
+            Ok(status(Status::Accepted))
+        }
+        Disposition::PaymentFailed => {
+            deps.ledger
+                .payment_failed(&session.id, event.livemode, now)
+                .await?;
+            Line::warn("payment failed: nothing fulfilled")
+                .id("event_id", &event.id)
+                .id("session_id", &session.id)
+                .emit(deps.log);
+            Ok(status(Status::Accepted))
+        }
+        Disposition::Fulfil => {
+            let purchase = plan::purchase(event, session, deps.config);
+            let report = engine::fulfil(deps, &purchase, started_ms).await?;
+            decision.purchase_state = report.state;
+            let idle_duplicate = seen && !report.ran;
+            Ok(match report.outcome {
+                RunOutcome::Busy => Verdict::Refused(Refusal::Busy),
+                RunOutcome::Retry => Verdict::Refused(Refusal::Retry),
+                _ if idle_duplicate => Verdict::Recorded(Status::Duplicate),
+                RunOutcome::Failed => Verdict::Recorded(Status::Failed),
+                RunOutcome::Complete => Verdict::Recorded(Status::Accepted),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::memory::MemoryLedger;
+    use crate::config::Config;
     use crate::signature::sign_header;
+    use crate::testing::{World, NOW_MS, WEBHOOK_SECRET};
     use futures_executor::block_on;
 
-    const SECRET: &str = "whsec_unit";
-    const NOW_MS: u64 = 1_700_000_000_000;
-
-    fn config() -> Config {
-        Config::load(|name| {
-            (name == crate::config::STRIPE_WEBHOOK_SECRET).then(|| SECRET.to_string())
-        })
+    fn world() -> World {
+        World::new(Config::load(|name| {
+            (name == crate::config::STRIPE_WEBHOOK_SECRET).then(|| WEBHOOK_SECRET.to_string())
+        }))
     }
 
     fn body(kind: &str) -> String {
@@ -183,25 +270,25 @@ mod tests {
         )
     }
 
-    fn deliver(config: &Config, ledger: &MemoryLedger, body: &str) -> Decision {
-        let header = sign_header(SECRET, 1_700_000_000, body.as_bytes());
-        block_on(handle(
-            config,
-            ledger,
-            Delivery {
-                signature: Some(&header),
-                body: body.as_bytes(),
-            },
-            NOW_MS,
-        ))
+    fn deliver_signed(world: &World, body: &str, secret: &str) -> Decision {
+        let header = sign_header(secret, 1_700_000_000, body.as_bytes());
+        let delivery = Delivery {
+            signature: Some(&header),
+            body: body.as_bytes(),
+        };
+        block_on(handle(&world.deps(), delivery, NOW_MS))
+    }
+
+    fn deliver(world: &World, body: &str) -> Decision {
+        deliver_signed(world, body, WEBHOOK_SECRET)
     }
 
     #[test]
     fn the_first_delivery_is_accepted_and_recorded_once() {
-        let ledger = MemoryLedger::default();
-        let decision = deliver(&config(), &ledger, &body("checkout.session.completed"));
+        let world = world();
+        let decision = deliver(&world, &body("checkout.session.completed"));
         assert_eq!(decision.verdict, Verdict::Recorded(Status::Accepted));
-        let events = ledger.events.borrow();
+        let events = world.ledger.events.borrow();
         let row = &events["evt_1"];
         assert_eq!(row.object_id.as_deref(), Some("cs_1"));
         assert_eq!(row.disposition, "fulfil");
@@ -210,68 +297,69 @@ mod tests {
 
     #[test]
     fn a_second_delivery_is_a_duplicate_and_changes_nothing() {
-        let ledger = MemoryLedger::default();
-        deliver(&config(), &ledger, &body("checkout.session.completed"));
-        let before = ledger.events.borrow().clone();
-        let decision = deliver(&config(), &ledger, &body("checkout.session.completed"));
+        let world = world();
+        deliver(&world, &body("checkout.session.completed"));
+        let before = world.ledger.events.borrow().clone();
+        let decision = deliver(&world, &body("checkout.session.completed"));
         assert_eq!(decision.verdict, Verdict::Recorded(Status::Duplicate));
-        assert_eq!(*ledger.events.borrow(), before);
+        assert_eq!(*world.ledger.events.borrow(), before);
     }
 
     #[test]
     fn types_we_do_not_act_on_are_recorded_as_ignored() {
-        let ledger = MemoryLedger::default();
-        let decision = deliver(&config(), &ledger, &body("customer.created"));
+        let world = world();
+        let decision = deliver(&world, &body("customer.created"));
         assert_eq!(decision.verdict, Verdict::Recorded(Status::Ignored));
-        assert_eq!(ledger.events.borrow()["evt_1"].disposition, "ignored");
+        assert_eq!(world.ledger.events.borrow()["evt_1"].disposition, "ignored");
     }
 
     #[test]
     fn without_a_secret_everything_is_refused_and_nothing_recorded() {
-        let ledger = MemoryLedger::default();
-        let config = Config::load(|_| None);
-        let decision = deliver(&config, &ledger, &body("checkout.session.completed"));
+        let world = World::new(Config::load(|_| None));
+        let decision = deliver(&world, &body("checkout.session.completed"));
         assert_eq!(decision.verdict, Verdict::Refused(Refusal::NotConfigured));
-        assert!(ledger.events.borrow().is_empty());
+        assert!(world.ledger.events.borrow().is_empty());
     }
 
     #[test]
     fn a_bad_signature_touches_no_state() {
-        let ledger = MemoryLedger::default();
-        let body = body("checkout.session.completed");
-        let header = sign_header("whsec_other", 1_700_000_000, body.as_bytes());
-        let decision = block_on(handle(
-            &config(),
-            &ledger,
-            Delivery {
-                signature: Some(&header),
-                body: body.as_bytes(),
-            },
-            NOW_MS,
-        ));
+        let world = world();
+        let decision = deliver_signed(&world, &body("checkout.session.completed"), "whsec_other");
         assert_eq!(
             decision.verdict,
             Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch))
         );
-        assert!(ledger.events.borrow().is_empty());
+        assert!(world.ledger.events.borrow().is_empty());
     }
 
     #[test]
     fn a_signed_non_event_is_refused_without_state() {
-        let ledger = MemoryLedger::default();
-        let decision = deliver(&config(), &ledger, r#"{"id":"ch_1","object":"charge"}"#);
+        let world = world();
+        let decision = deliver(&world, r#"{"id":"ch_1","object":"charge"}"#);
         assert_eq!(
             decision.verdict,
             Verdict::Refused(Refusal::NotAnEvent(EventError::NotAnEvent))
         );
-        assert!(ledger.events.borrow().is_empty());
+        assert!(world.ledger.events.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_checkout_event_whose_session_is_unreadable_is_refused_without_state() {
+        let world = world();
+        let body = r#"{"id":"evt_1","object":"event","type":"checkout.session.completed","data":{"object":{"id":"pi_1","object":"payment_intent"}}}"#;
+        let decision = deliver(&world, body);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Refused(Refusal::NotAnEvent(EventError::BadSession))
+        );
+        assert!(world.ledger.events.borrow().is_empty());
     }
 
     #[test]
     fn an_unavailable_ledger_is_a_retryable_refusal() {
-        let ledger = MemoryLedger::default();
-        ledger.unavailable.set(true);
-        let decision = deliver(&config(), &ledger, &body("checkout.session.completed"));
+        let world = world();
+        world.ledger.unavailable.set(true);
+        let decision = deliver(&world, &body("checkout.session.completed"));
         assert!(matches!(
             decision.verdict,
             Verdict::Refused(Refusal::Unavailable(_))

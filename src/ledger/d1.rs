@@ -4,7 +4,9 @@ use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement};
 
-use super::{Claim, EventRecord, Ledger, LedgerError};
+use super::{
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepRow, StepState,
+};
 
 pub struct D1Ledger {
     db: D1Database,
@@ -66,6 +68,60 @@ struct Returned {
     id: String,
 }
 
+#[derive(Deserialize)]
+struct Attempts {
+    attempts: f64,
+}
+
+#[derive(Deserialize)]
+struct StateOnly {
+    state: String,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    state: String,
+    lease_until: Option<f64>,
+    attempts: f64,
+    last_error: Option<String>,
+    result: Option<String>,
+}
+
+impl D1Ledger {
+    async fn run(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<usize, LedgerError> {
+        let result = self
+            .statement(operation, sql, args)?
+            .run()
+            .await
+            .map_err(failure(operation))?;
+        let meta = result.meta().map_err(failure(operation))?;
+        Ok(meta.and_then(|m| m.changes).unwrap_or(0))
+    }
+
+    async fn first<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Option<T>, LedgerError> {
+        self.statement(operation, sql, args)?
+            .first(None)
+            .await
+            .map_err(failure(operation))
+    }
+}
+
+/// Inserts a purchase in `state`; on conflict, moves it to `state` only from `from`.
+const UPSERT_PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemode, created_at, updated_at) \
+    VALUES (?1, ?2, ?3, ?4, ?4) \
+    ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at \
+    WHERE purchases.state IN (SELECT value FROM json_each(?5))";
+
 impl Ledger for D1Ledger {
     async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
         const SQL: &str = "INSERT INTO events \
@@ -92,5 +148,176 @@ impl Ledger for D1Ledger {
         } else {
             Claim::Seen
         })
+    }
+
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let args = [
+            text(session_id),
+            text("awaiting_payment"),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text("[]"),
+        ];
+        self.run("await_payment", UPSERT_PURCHASE, &args)
+            .await
+            .map(drop)
+    }
+
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let args = [
+            text(session_id),
+            text("payment_failed"),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text(r#"["awaiting_payment"]"#),
+        ];
+        self.run("payment_failed", UPSERT_PURCHASE, &args)
+            .await
+            .map(drop)
+    }
+
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const INSERT_STEP: &str =
+            "INSERT INTO steps (session_id, step, state, attempts, created_at, updated_at) \
+            VALUES (?1, ?2, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
+        let state = if steps.is_empty() {
+            "nothing_to_fulfil"
+        } else {
+            "fulfilling"
+        };
+        let purchase_args = [
+            text(session_id),
+            text(state),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text(r#"["awaiting_payment","payment_failed"]"#),
+        ];
+        let mut batch = vec![self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?];
+        for step in steps {
+            let args = [text(session_id), text(step), int(now_ms as i64)];
+            batch.push(self.statement("open_fulfilment", INSERT_STEP, &args)?);
+        }
+        // One batch is one transaction and one round trip; each statement is idempotent
+        // on its own, so a retry after a partial failure is safe too.
+        let results = self
+            .db
+            .batch(batch)
+            .await
+            .map_err(failure("open_fulfilment"))?;
+        match results.iter().find_map(|r| r.error()) {
+            Some(detail) => Err(LedgerError {
+                operation: "open_fulfilment",
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<u32>, LedgerError> {
+        const SQL: &str = "UPDATE steps SET state = 'running', attempts = attempts + 1, lease_until = ?3, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 \
+            AND (state = 'pending' OR (state = 'running' AND lease_until <= ?4)) \
+            RETURNING attempts";
+        let args = [
+            text(session_id),
+            text(step),
+            int(lease_until as i64),
+            int(now_ms as i64),
+        ];
+        let row: Option<Attempts> = self.first("claim_step", SQL, &args).await?;
+        Ok(row.map(|r| r.attempts as u32))
+    }
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError> {
+        const SQL: &str = "SELECT state, lease_until, attempts, last_error, result FROM steps \
+            WHERE session_id = ?1 AND step = ?2";
+        let row: Option<RawStep> = self
+            .first("step", SQL, &[text(session_id), text(step)])
+            .await?;
+        Ok(row.and_then(|r| {
+            Some(StepRow {
+                state: StepState::parse(&r.state)?,
+                lease_until: r.lease_until.map(|v| v as u64),
+                attempts: r.attempts as u32,
+                last_error: r.last_error,
+                result: r.result,
+            })
+        }))
+    }
+
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        const DONE: &str = "UPDATE steps SET state = 'done', result = ?5, last_error = NULL, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        const RELEASE: &str = "UPDATE steps SET state = 'pending', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        const FAIL: &str = "UPDATE steps SET state = 'failed', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        let (sql, value) = match settlement {
+            Settlement::Done(result) => (DONE, result),
+            Settlement::Release(error) => (RELEASE, error),
+            Settlement::Fail(error) => (FAIL, error),
+        };
+        let args = [
+            text(session_id),
+            text(step),
+            int(i64::from(attempt)),
+            int(now_ms as i64),
+            text(value),
+        ];
+        Ok(self.run("settle_step", sql, &args).await? == 1)
+    }
+
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError> {
+        const SQL: &str = "UPDATE purchases SET updated_at = ?2, state = CASE \
+              WHEN EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state = 'failed') THEN 'failed' \
+              WHEN NOT EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state <> 'done') THEN 'fulfilled' \
+              ELSE 'fulfilling' END \
+            WHERE session_id = ?1 AND state IN ('fulfilling', 'failed', 'fulfilled') \
+            RETURNING state";
+        let row: Option<StateOnly> = self
+            .first(
+                "finish_purchase",
+                SQL,
+                &[text(session_id), int(now_ms as i64)],
+            )
+            .await?;
+        Ok(row.and_then(|r| PurchaseState::parse(&r.state)))
     }
 }

@@ -1,15 +1,20 @@
-//! An in-memory ledger with the same atomicity as the D1 statements, for native tests.
+//! An in-memory ledger with the same conditional transitions as the D1 statements,
+//! for native tests of the webhook handler and the fulfilment engine.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use super::{Claim, EventRecord, Ledger, LedgerError};
+use super::{
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepRow, StepState,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     pub events: RefCell<BTreeMap<String, EventRecord>>,
+    pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
+    pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
     /// When set, every call fails as an unavailable database would.
-    pub unavailable: std::cell::Cell<bool>,
+    pub unavailable: Cell<bool>,
 }
 
 impl MemoryLedger {
@@ -22,6 +27,28 @@ impl MemoryLedger {
         }
         Ok(())
     }
+
+    fn upsert_purchase(&self, session_id: &str, state: PurchaseState, from: &[PurchaseState]) {
+        let mut purchases = self.purchases.borrow_mut();
+        match purchases.get_mut(session_id) {
+            Some(current) if from.contains(current) => *current = state,
+            Some(_) => {}
+            None => {
+                purchases.insert(session_id.to_string(), state);
+            }
+        }
+    }
+
+    pub fn purchase(&self, session_id: &str) -> Option<PurchaseState> {
+        self.purchases.borrow().get(session_id).copied()
+    }
+
+    pub fn step_row(&self, session_id: &str, step: &'static str) -> Option<StepRow> {
+        self.steps
+            .borrow()
+            .get(&(session_id.to_string(), step))
+            .cloned()
+    }
 }
 
 impl Ledger for MemoryLedger {
@@ -33,5 +60,163 @@ impl Ledger for MemoryLedger {
         }
         events.insert(record.id.clone(), record.clone());
         Ok(Claim::New)
+    }
+
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("await_payment")?;
+        self.upsert_purchase(session_id, PurchaseState::AwaitingPayment, &[]);
+        Ok(())
+    }
+
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("payment_failed")?;
+        self.upsert_purchase(
+            session_id,
+            PurchaseState::PaymentFailed,
+            &[PurchaseState::AwaitingPayment],
+        );
+        Ok(())
+    }
+
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        steps: &[&'static str],
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("open_fulfilment")?;
+        let state = if steps.is_empty() {
+            PurchaseState::NothingToFulfil
+        } else {
+            PurchaseState::Fulfilling
+        };
+        self.upsert_purchase(
+            session_id,
+            state,
+            &[PurchaseState::AwaitingPayment, PurchaseState::PaymentFailed],
+        );
+        let mut rows = self.steps.borrow_mut();
+        for step in steps {
+            rows.entry((session_id.to_string(), step))
+                .or_insert(StepRow {
+                    state: StepState::Pending,
+                    lease_until: None,
+                    attempts: 0,
+                    last_error: None,
+                    result: None,
+                });
+        }
+        Ok(())
+    }
+
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<u32>, LedgerError> {
+        self.check("claim_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(None);
+        };
+        let expired =
+            row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
+        if row.state != StepState::Pending && !expired {
+            return Ok(None);
+        }
+        row.state = StepState::Running;
+        row.attempts += 1;
+        row.lease_until = Some(lease_until);
+        Ok(Some(row.attempts))
+    }
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError> {
+        self.check("step")?;
+        Ok(self.step_row(session_id, step))
+    }
+
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        _now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.check("settle_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(false);
+        };
+        if row.state != StepState::Running || row.attempts != attempt {
+            return Ok(false);
+        }
+        row.lease_until = None;
+        match settlement {
+            Settlement::Done(result) => {
+                row.state = StepState::Done;
+                row.result = Some(result.clone());
+                row.last_error = None;
+            }
+            Settlement::Release(error) => {
+                row.state = StepState::Pending;
+                row.last_error = Some(error.clone());
+            }
+            Settlement::Fail(error) => {
+                row.state = StepState::Failed;
+                row.last_error = Some(error.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        _now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError> {
+        self.check("finish_purchase")?;
+        let states: Vec<StepState> = self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|((id, _), _)| id == session_id)
+            .map(|(_, row)| row.state)
+            .collect();
+        let mut purchases = self.purchases.borrow_mut();
+        let Some(current) = purchases.get_mut(session_id) else {
+            return Ok(None);
+        };
+        if !matches!(
+            current,
+            PurchaseState::Fulfilling | PurchaseState::Failed | PurchaseState::Fulfilled
+        ) {
+            return Ok(None);
+        }
+        *current = if states.contains(&StepState::Failed) {
+            PurchaseState::Failed
+        } else if states.iter().all(|s| *s == StepState::Done) {
+            PurchaseState::Fulfilled
+        } else {
+            PurchaseState::Fulfilling
+        };
+        Ok(Some(*current))
     }
 }

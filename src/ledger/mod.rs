@@ -50,8 +50,157 @@ impl fmt::Display for LedgerError {
 
 impl std::error::Error for LedgerError {}
 
+/// Where a purchase stands; stored in `purchases.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurchaseState {
+    AwaitingPayment,
+    PaymentFailed,
+    Fulfilling,
+    Fulfilled,
+    Failed,
+    NothingToFulfil,
+}
+
+impl PurchaseState {
+    pub const ALL: [PurchaseState; 6] = [
+        Self::AwaitingPayment,
+        Self::PaymentFailed,
+        Self::Fulfilling,
+        Self::Fulfilled,
+        Self::Failed,
+        Self::NothingToFulfil,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingPayment => "awaiting_payment",
+            Self::PaymentFailed => "payment_failed",
+            Self::Fulfilling => "fulfilling",
+            Self::Fulfilled => "fulfilled",
+            Self::Failed => "failed",
+            Self::NothingToFulfil => "nothing_to_fulfil",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Where a step stands; stored in `steps.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Running, Self::Done, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One row of `steps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub state: StepState,
+    pub lease_until: Option<u64>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+}
+
+/// How a claimed step ends this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done for good; the upstream's id (license key, shipment id) is kept.
+    Done(String),
+    /// Back to pending: a later delivery (or retry) runs it again.
+    Release(String),
+    /// Failed for good: retrying cannot help.
+    Fail(String),
+}
+
 #[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
 pub trait Ledger {
     /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`).
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError>;
+
+    /// Records a purchase whose payment is still processing, unless it is already known
+    /// (a later state must never go back to waiting).
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Records that the payment failed; only a purchase still waiting for it changes.
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Opens a paid purchase with its steps, each inserted unless present, so every
+    /// event about the session and every redelivery may call it. With no steps the
+    /// purchase is recorded as nothing to fulfil.
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Takes a step that is pending, or running with a lease that has run out. Returns
+    /// the attempt number (the fencing token for [`Ledger::settle_step`]) or `None` when
+    /// the step is not claimable.
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<u32>, LedgerError>;
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError>;
+
+    /// Ends an attempt, only if it is still the current one (`attempts = attempt`):
+    /// a holder whose lease was taken over cannot overwrite the new holder. Returns
+    /// whether the row changed.
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError>;
+
+    /// Derives the purchase's state from its steps (failed if any failed, fulfilled when
+    /// all are done) and returns it.
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError>;
 }

@@ -8,7 +8,10 @@ use worker::{
     console_error, console_log, console_warn, Env, Headers, Method, Request, Response, Result,
 };
 
+pub mod fetch;
+
 use crate::config::Config;
+use crate::engine::Deps;
 use crate::ledger::d1::D1Ledger;
 use crate::ledger::LedgerError;
 use crate::log::{Level, Line, Sink};
@@ -84,7 +87,17 @@ async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
         body: &body,
     };
     let decision = match env.d1(DB_BINDING) {
-        Ok(db) => webhook::handle(&config, &D1Ledger::new(db), delivery, started).await,
+        Ok(db) => {
+            let ledger = D1Ledger::new(db);
+            let deps = Deps {
+                config: &config,
+                ledger: &ledger,
+                upstream: &fetch::FetchUpstream,
+                clock: &fetch::WorkerClock,
+                log: &Console,
+            };
+            webhook::handle(&deps, delivery, started).await
+        }
         Err(e) => Decision::refused(Refusal::Unavailable(LedgerError {
             operation: "bind",
             detail: e.to_string(),

@@ -1,0 +1,218 @@
+//! In-memory fakes of the edge for native tests: a clock, and an upstream that plays the
+//! license server, the shipping system and the Stripe API, records every call, and can
+//! be told to fail.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::config::Config;
+use crate::engine::Deps;
+use crate::ledger::memory::MemoryLedger;
+use crate::log::MemorySink;
+use crate::upstream::{Clock, HttpRequest, HttpResponse, TransportError, Upstream};
+
+pub const NOW_MS: u64 = 1_700_000_000_000;
+pub const WEBHOOK_SECRET: &str = "whsec_unit";
+pub const LICENSE_KEY: &str = "lk_unit_secret";
+pub const SHIPPING_KEY: &str = "sk_ship_unit";
+pub const STRIPE_KEY: &str = "sk_test_unit";
+
+pub struct FakeClock(pub Cell<u64>);
+
+impl Default for FakeClock {
+    fn default() -> Self {
+        Self(Cell::new(NOW_MS))
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Svc {
+    License,
+    Shipping,
+    PaymentIntent,
+    LineItems,
+}
+
+pub type Answer = Result<HttpResponse, TransportError>;
+
+/// Answers by URL; scripted answers per service are used first, in order.
+#[derive(Default)]
+pub struct FakeUpstream {
+    pub calls: RefCell<Vec<HttpRequest>>,
+    scripted: RefCell<Vec<(Svc, VecDeque<Answer>)>>,
+    pub line_item_pages: RefCell<Vec<String>>,
+    pub payment_intent: RefCell<Option<String>>,
+    /// When set, every call yields once to the executor, so joined deliveries interleave.
+    pub yield_in_calls: Cell<bool>,
+    /// Advances the clock by this much on every call (a slow upstream).
+    pub call_cost_ms: Cell<u64>,
+    pub clock: Option<std::rc::Rc<FakeClock>>,
+}
+
+pub fn ok(body: &str) -> Answer {
+    Ok(HttpResponse {
+        status: 200,
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+pub fn status(code: u16) -> Answer {
+    Ok(HttpResponse {
+        status: code,
+        body: br#"{"error":"scripted"}"#.to_vec(),
+    })
+}
+
+impl FakeUpstream {
+    pub fn script(&self, svc: Svc, answers: impl IntoIterator<Item = Answer>) {
+        self.scripted
+            .borrow_mut()
+            .push((svc, answers.into_iter().collect()));
+    }
+
+    pub fn calls_to(&self, svc: Svc) -> Vec<HttpRequest> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|r| service_of(&r.url) == svc)
+            .cloned()
+            .collect()
+    }
+
+    fn answer(&self, request: &HttpRequest) -> Answer {
+        let svc = service_of(&request.url);
+        for (s, answers) in self.scripted.borrow_mut().iter_mut() {
+            if *s == svc {
+                if let Some(answer) = answers.pop_front() {
+                    return answer;
+                }
+            }
+        }
+        let n = self.calls_to(svc).len();
+        match svc {
+            Svc::License => ok(&format!(r#"{{"license_key":"lic_{n}"}}"#)),
+            Svc::Shipping => ok(&format!(r#"{{"shipment_id":"shp_{n}"}}"#)),
+            Svc::PaymentIntent => ok(self
+                .payment_intent
+                .borrow()
+                .as_deref()
+                .unwrap_or(r#"{"id":"pi_1","shipping":null}"#)),
+            Svc::LineItems => {
+                let pages = self.line_item_pages.borrow();
+                let page = if request.url.contains("starting_after") {
+                    1
+                } else {
+                    0
+                };
+                ok(pages.get(page).map(String::as_str).unwrap_or(ONE_LINE_ITEM))
+            }
+        }
+    }
+}
+
+pub const ONE_LINE_ITEM: &str = r#"{"object":"list","has_more":false,"data":[{"id":"li_1","description":"Mug","quantity":2,
+    "amount_total":3000,"currency":"usd","price":{"id":"price_1","product":"prod_1","unit_amount":1500}}]}"#;
+
+fn service_of(url: &str) -> Svc {
+    if url.contains("/generate") {
+        Svc::License
+    } else if url.contains("/line_items") {
+        Svc::LineItems
+    } else if url.contains("/payment_intents/") {
+        Svc::PaymentIntent
+    } else {
+        Svc::Shipping
+    }
+}
+
+/// Returns `Pending` once, so an executor polling several futures switches to the next.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Upstream for FakeUpstream {
+    async fn send(&self, request: HttpRequest) -> Answer {
+        self.calls.borrow_mut().push(request.clone());
+        if self.yield_in_calls.get() {
+            YieldOnce(false).await;
+        }
+        if let Some(clock) = &self.clock {
+            clock.0.set(clock.0.get() + self.call_cost_ms.get());
+        }
+        self.answer(&request)
+    }
+}
+
+/// A configuration with every service set.
+pub fn full_config() -> Config {
+    Config::load(|name| {
+        Some(
+            match name {
+                "STRIPE_WEBHOOK_SECRET" => WEBHOOK_SECRET,
+                "LICENSE_SERVER_URL" => "https://license.test",
+                "LICENSE_SERVER_API_KEY" => LICENSE_KEY,
+                "SHIPPING_URL" => "https://shipping.test/orders",
+                "SHIPPING_API_KEY" => SHIPPING_KEY,
+                "STRIPE_API_KEY" => STRIPE_KEY,
+                "STRIPE_API_BASE" => "https://stripe.test",
+                _ => return None,
+            }
+            .to_string(),
+        )
+    })
+}
+
+/// Everything a test needs, owned; `deps()` lends it to the code under test.
+pub struct World {
+    pub config: Config,
+    pub ledger: MemoryLedger,
+    pub upstream: FakeUpstream,
+    pub clock: std::rc::Rc<FakeClock>,
+    pub log: MemorySink,
+}
+
+impl World {
+    pub fn new(config: Config) -> Self {
+        let clock = std::rc::Rc::new(FakeClock::default());
+        let upstream = FakeUpstream {
+            clock: Some(clock.clone()),
+            ..FakeUpstream::default()
+        };
+        Self {
+            config,
+            ledger: MemoryLedger::default(),
+            upstream,
+            clock,
+            log: MemorySink::default(),
+        }
+    }
+
+    pub fn deps(&self) -> Deps<'_, MemoryLedger, FakeUpstream, FakeClock, MemorySink> {
+        Deps {
+            config: &self.config,
+            ledger: &self.ledger,
+            upstream: &self.upstream,
+            clock: &self.clock,
+            log: &self.log,
+        }
+    }
+}
