@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Installs whatever the build and the tests need and is still missing; fast when
+# everything is already there. Source it (the other scripts do) or run it.
+#
+# Needs only rustup-managed Rust, Node >= 20 and npm on the machine. Everything
+# else comes from crates.io (worker-build, wasm-bindgen-cli) and npm (wrangler,
+# Node 22, binaryen, stripe).
+#
+# Exports: ROOT, CARGO_BIN, PATH (node_modules/.bin and ~/.cargo/bin first), the
+# no-telemetry variables, and STRIPE_EDGE_BOOTSTRAPPED=1 so nested calls
+# (wrangler running scripts/build.sh) skip it.
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  set -euo pipefail
+fi
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+
+WORKER_BUILD_VERSION="0.8.7"
+NODE_MIN_MAJOR=22
+NODE_MIN_MINOR=12
+
+bootstrap_log() { printf '[bootstrap] %s\n' "$*" >&2; }
+bootstrap_die() { printf '[bootstrap] error: %s\n' "$*" >&2; return 1; }
+
+# No telemetry, no outside fetches from wrangler.
+export WRANGLER_SEND_METRICS=false
+export CLOUDFLARE_CF_FETCH_ENABLED=false
+export DO_NOT_TRACK=1
+
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export CARGO_BIN
+export PATH="$ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
+
+bootstrap_main() {
+  command -v cargo >/dev/null || bootstrap_die "cargo not found: install Rust with rustup (https://rustup.rs)" || return 1
+  command -v rustup >/dev/null || bootstrap_die "rustup not found: the wasm32 target is installed with rustup" || return 1
+  command -v npm >/dev/null || bootstrap_die "npm not found: install Node.js (>= 20) and npm" || return 1
+
+  # 1. The wasm32 target.
+  if ! rustup target list --installed 2>/dev/null | grep -qx 'wasm32-unknown-unknown'; then
+    bootstrap_log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown || return 1
+  fi
+
+  # 2. worker-build, exactly the version matching the worker crate.
+  local wb_version=""
+  if command -v worker-build >/dev/null; then
+    wb_version="$(worker-build --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
+  fi
+  if [[ "$wb_version" != "$WORKER_BUILD_VERSION" ]]; then
+    bootstrap_log "installing worker-build $WORKER_BUILD_VERSION (found: ${wb_version:-none}; takes a few minutes once)"
+    cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked || return 1
+  fi
+
+  # 3. The wasm-bindgen CLI: must equal the wasm-bindgen crate in Cargo.lock.
+  if [[ ! -f "$ROOT/Cargo.lock" ]]; then
+    bootstrap_log "Cargo.lock missing: generating it"
+    (cd "$ROOT" && cargo generate-lockfile) || return 1
+  fi
+  local wbg_want
+  wbg_want="$(awk '
+    $0 == "[[package]]" { name = "" }
+    /^name = / { name = $3; gsub(/"/, "", name) }
+    /^version = / && name == "wasm-bindgen" { v = $3; gsub(/"/, "", v); print v; exit }
+  ' "$ROOT/Cargo.lock")"
+  [[ -n "$wbg_want" ]] || bootstrap_die "no wasm-bindgen package in Cargo.lock" || return 1
+  local wbg_have=""
+  if [[ -x "$CARGO_BIN/wasm-bindgen" ]]; then
+    wbg_have="$("$CARGO_BIN/wasm-bindgen" --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
+  fi
+  if [[ "$wbg_have" != "$wbg_want" ]]; then
+    bootstrap_log "installing wasm-bindgen-cli $wbg_want (found: ${wbg_have:-none}; takes a few minutes once)"
+    # Not --locked: its lock pins a webpki-roots version the registry no longer has.
+    cargo install wasm-bindgen-cli --version "$wbg_want" || return 1
+  fi
+
+  # 4. npm packages (wrangler, Node 22, binaryen, stripe).
+  #    `npm install`, not `npm ci`: the lock lacks the other platforms' workerd packages.
+  local stamp="$ROOT/node_modules/.package-lock.json"
+  if [[ ! -f "$stamp" || "$ROOT/package.json" -nt "$stamp" || ( -f "$ROOT/package-lock.json" && "$ROOT/package-lock.json" -nt "$stamp" ) ]]; then
+    bootstrap_log "npm install"
+    (cd "$ROOT" && npm install --no-audit --no-fund) || return 1
+    touch "$stamp"
+  fi
+
+  # 5. wrangler 4 refuses Node < 22.12: make sure the npm-installed Node 22 is the one found.
+  hash -r
+  local node_version
+  node_version="$(node --version 2>/dev/null || true)"
+  if [[ ! "$node_version" =~ ^v([0-9]+)\.([0-9]+)\. ]] \
+    || (( BASH_REMATCH[1] < NODE_MIN_MAJOR || (BASH_REMATCH[1] == NODE_MIN_MAJOR && BASH_REMATCH[2] < NODE_MIN_MINOR) )); then
+    bootstrap_die "node on PATH is ${node_version:-missing} ($(command -v node || echo none)); need >= $NODE_MIN_MAJOR.$NODE_MIN_MINOR (the npm devDependency \"node\" provides it in node_modules/.bin)" || return 1
+  fi
+
+  export STRIPE_EDGE_BOOTSTRAPPED=1
+}
+
+if [[ "${STRIPE_EDGE_BOOTSTRAPPED:-}" != "1" ]]; then
+  bootstrap_main || { if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then exit 1; else return 1; fi; }
+fi

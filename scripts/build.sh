@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the Rust crate into the Worker with worker-build: build/index_bg.wasm, its
+# JS glue build/index.js, and build/worker/shim.mjs (the `main` in wrangler.toml,
+# which re-exports index.js). wrangler.toml's [build] runs this before `wrangler dev`/`deploy`.
+# Skips the build when the output is newer than src/, Cargo.toml and Cargo.lock,
+# so `wrangler dev` starts fast and the tests build once. FORCE_BUILD=1 rebuilds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SHIM="build/worker/shim.mjs"
+WASM="build/index_bg.wasm"
+GLUE="build/index.js"
+
+if [[ "${FORCE_BUILD:-}" != "1" && -f "$SHIM" && -f "$WASM" && -f "$GLUE" ]]; then
+  newer="$(find src Cargo.toml Cargo.lock -newer "$SHIM" -print -quit 2>/dev/null || true)"
+  if [[ -z "$newer" ]]; then
+    echo "[build] up to date ($SHIM newer than src/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
+    exit 0
+  fi
+  echo "[build] $newer changed: rebuilding" >&2
+fi
+
+# Installs anything missing (skipped when the caller already bootstrapped).
+# shellcheck source-path=SCRIPTDIR source=bootstrap.sh
+source "$ROOT/scripts/bootstrap.sh"
+
+# Point worker-build at local tools so it never tries to download them (GitHub is unreachable).
+export WASM_BINDGEN_BIN="$CARGO_BIN/wasm-bindgen"
+export ESBUILD_BIN="$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild"
+export WASM_OPT_BIN="$ROOT/node_modules/.bin/wasm-opt"
+for bin in "$WASM_BINDGEN_BIN" "$ESBUILD_BIN" "$WASM_OPT_BIN"; do
+  [[ -x "$bin" ]] || { echo "[build] error: $bin missing (run scripts/bootstrap.sh)" >&2; exit 1; }
+done
+
+start=$SECONDS
+stamp="$(mktemp "${TMPDIR:-/tmp}/stripe-edge-build.XXXXXX")"
+trap 'rm -f "$stamp"' EXIT
+echo "[build] worker-build --release" >&2
+worker-build --release
+for out in "$SHIM" "$WASM" "$GLUE"; do
+  [[ -f "$out" ]] || { echo "[build] error: worker-build did not produce $out" >&2; exit 1; }
+done
+# Date the output at the build's start, so a source edited during the build
+# still counts as newer next time.
+touch -r "$stamp" "$SHIM"
+echo "[build] done in $((SECONDS - start)) s" >&2

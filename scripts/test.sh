@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `npm test`: formatting, lints, native unit tests, the wasm build, its size, then
+# the end-to-end tests against `wrangler dev`. Fails on the first failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+phase_start=0
+phase() { phase_start=$SECONDS; printf '\n==> %s\n' "$*" >&2; }
+phase_done() { printf '<== %s s\n' "$((SECONDS - phase_start))" >&2; }
+total_start=$SECONDS
+
+phase "bootstrap"
+# shellcheck source-path=SCRIPTDIR source=bootstrap.sh
+source "$ROOT/scripts/bootstrap.sh"
+echo "node $(node --version), $(cargo --version), worker-build $(worker-build --version 2>/dev/null | head -n1)" >&2
+phase_done
+
+phase "cargo fmt --check"
+cargo fmt --check
+phase_done
+
+phase "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+phase_done
+
+phase "cargo test"
+cargo test
+phase_done
+
+phase "build (scripts/build.sh)"
+bash scripts/build.sh
+phase_done
+
+phase "size"
+size_line() {
+  awk -v l="$1" -v r="$2" -v g="$3" \
+    'BEGIN { printf "%-22s %9d B %8.1f KiB   gzipped %9d B %8.1f KiB\n", l, r, r / 1024, g, g / 1024 }'
+}
+total_raw=0; total_gz=0
+# The .wasm, its JS glue, and the shim wrangler.toml's `main` points at (it re-exports the glue).
+for f in build/index_bg.wasm build/index.js build/worker/shim.mjs; do
+  raw=$(wc -c <"$f"); gz=$(gzip -9 -c "$f" | wc -c)
+  size_line "$f" "$raw" "$gz"
+  total_raw=$((total_raw + raw)); total_gz=$((total_gz + gz))
+done
+size_line "total" "$total_raw" "$total_gz"
+phase_done
+
+phase "end-to-end tests (node --test, $(node --version))"
+node --test --test-concurrency=1 --test-reporter=spec 'test/**/*.test.mjs'
+phase_done
+
+printf '\nall checks passed in %s s\n' "$((SECONDS - total_start))" >&2

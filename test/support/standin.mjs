@@ -1,0 +1,297 @@
+// A stand-in for the services the Worker calls while fulfilling an order: the
+// internal license server, the shipping service and the Stripe API. One HTTP
+// server on 127.0.0.1, every call recorded, faults injectable per service.
+//
+// Routes. Point the Worker at it with LICENSE_SERVER_URL = `${url}/license`,
+// SHIPPING_URL = `${url}/shipping/orders`, STRIPE_API_BASE = `${url}/stripe`:
+//   POST /license/generate                              service "license"  -> {license_key}
+//   POST /shipping/orders                               service "shipping" -> {shipment_id}
+//   GET  /stripe/v1/checkout/sessions/:id/line_items    service "stripe"   -> Stripe list object
+//   GET  /stripe/v1/payment_intents/:id                 service "stripe"   -> the stored object
+//
+// Idempotency (license, shipping), like a real server: the first request with an
+// `Idempotency-Key` does the work and its answer is stored; a repeat with the same
+// key and the same body gets the stored answer and does nothing; the same key with
+// a different body gets 422 (as Stripe does). Requests without a key always do the work.
+//
+// Faults, queued per service and consumed one per call, in order:
+//   failNext(service, n, status = 500)  answer `status` with an error body; no work done
+//   hangNext(service, n)                never answer (until reset()/stop()); no work done
+//   delayNext(service, n, ms)           do the work at once, answer after `ms`
+//   closeNext(service, n)               destroy the socket without answering; no work done
+
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+
+const SERVICES = ['license', 'shipping', 'stripe'];
+const STOP_TIMEOUT_MS = 3_000;
+
+const rand = (prefix) => `${prefix}_${randomBytes(12).toString('hex')}`;
+
+function stripeError(status, message, extra = {}) {
+  const type = status >= 500 ? 'api_error' : 'invalid_request_error';
+  return { error: { type, message, ...extra } };
+}
+
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export async function startStandin() {
+  /** @type {Array<{service:string, method:string, path:string, query:object, headers:object, body:any, at:number, outcome?:string, status?:number}>} */
+  const calls = [];
+  const faults = new Map(SERVICES.map((s) => [s, []]));
+  const pending = new Set(); // { res, timer?, release() } for hung and delayed requests
+  const sockets = new Set();
+  let licenses = [];
+  let shipments = [];
+  let idempotency = { license: new Map(), shipping: new Map() };
+  let lineItems = new Map(); // sessionId -> { items, pageSize }
+  let paymentIntents = new Map();
+
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      try {
+        handle(req, res, Buffer.concat(chunks).toString('utf8'));
+      } catch (err) {
+        if (!res.headersSent) send(res, 500, { error: `stand-in error: ${err.message}` });
+      }
+    });
+  });
+  server.keepAliveTimeout = 1_000;
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+
+  function send(res, status, body) {
+    if (res.writableEnded || res.destroyed) return;
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  function serviceOf(pathname) {
+    const first = pathname.split('/')[1];
+    return SERVICES.includes(first) ? first : 'unknown';
+  }
+
+  function handle(req, res, raw) {
+    const u = new URL(req.url, 'http://standin');
+    const service = serviceOf(u.pathname);
+    let body = raw;
+    if (raw.length > 0) {
+      try { body = JSON.parse(raw); } catch { /* keep the raw string */ }
+    }
+    const call = {
+      service,
+      method: req.method,
+      path: u.pathname,
+      query: Object.fromEntries(u.searchParams),
+      headers: Object.fromEntries(Object.entries(req.headers).map(([k, v]) => [k.toLowerCase(), v])),
+      body,
+      at: Date.now(),
+    };
+    calls.push(call);
+
+    const fault = faults.get(service)?.shift();
+    if (fault?.kind === 'fail') {
+      call.outcome = 'failed';
+      call.status = fault.status;
+      const errBody = service === 'stripe'
+        ? stripeError(fault.status, `injected failure (${fault.status})`)
+        : { error: `injected failure (${fault.status})` };
+      return send(res, fault.status, errBody);
+    }
+    if (fault?.kind === 'hang') {
+      call.outcome = 'hung';
+      const entry = { release: () => { res.destroy(); } };
+      pending.add(entry);
+      res.on('close', () => pending.delete(entry));
+      return undefined;
+    }
+    if (fault?.kind === 'close') {
+      call.outcome = 'closed';
+      req.socket.destroy();
+      return undefined;
+    }
+
+    const [status, answer] = route(service, req.method, u, call);
+    call.status = status;
+    if (fault?.kind === 'delay') {
+      call.outcome = 'delayed';
+      const entry = {
+        release: () => { clearTimeout(entry.timer); res.destroy(); },
+      };
+      entry.timer = setTimeout(() => {
+        pending.delete(entry);
+        send(res, status, answer);
+      }, fault.ms);
+      pending.add(entry);
+      res.on('close', () => { clearTimeout(entry.timer); pending.delete(entry); });
+      return undefined;
+    }
+    call.outcome = 'ok';
+    return send(res, status, answer);
+  }
+
+  /** Does the work of one call; returns [status, body]. */
+  function route(service, method, u, call) {
+    const p = u.pathname;
+    if (service === 'license' && p === '/license/generate') {
+      if (method !== 'POST') return [405, { error: 'method not allowed' }];
+      return idempotent('license', call, () => {
+        const license = { license_key: rand('lic') };
+        licenses.push({ ...license, idempotency_key: call.headers['idempotency-key'] ?? null, request: call.body, at: call.at });
+        return [200, license];
+      });
+    }
+    if (service === 'shipping' && p === '/shipping/orders') {
+      if (method !== 'POST') return [405, { error: 'method not allowed' }];
+      return idempotent('shipping', call, () => {
+        const shipment = { shipment_id: rand('shp') };
+        shipments.push({ ...shipment, idempotency_key: call.headers['idempotency-key'] ?? null, request: call.body, at: call.at });
+        return [200, shipment];
+      });
+    }
+    if (service === 'stripe') return stripe(method, u, call);
+    return [404, { error: `no route for ${method} ${p}` }];
+  }
+
+  function idempotent(service, call, work) {
+    const key = call.headers['idempotency-key'];
+    if (!key) return work();
+    const store = idempotency[service];
+    const seen = store.get(key);
+    const fingerprint = canonical(call.body);
+    if (seen) {
+      if (seen.fingerprint !== fingerprint) {
+        return [422, { error: `Idempotency-Key ${key} was already used with different parameters` }];
+      }
+      call.replayed = true;
+      return seen.answer;
+    }
+    const answer = work();
+    if (answer[0] < 500) store.set(key, { fingerprint, answer });
+    return answer;
+  }
+
+  function stripe(method, u, call) {
+    if (!/^Bearer \S+/.test(call.headers.authorization ?? '')) {
+      return [401, stripeError(401, 'You did not provide an API key.')];
+    }
+    if (method !== 'GET') return [405, stripeError(405, `Unrecognized request URL (${method}: ${u.pathname.replace(/^\/stripe/, '')}).`)];
+    let m = u.pathname.match(/^\/stripe\/v1\/checkout\/sessions\/([^/]+)\/line_items$/);
+    if (m) {
+      const sessionId = decodeURIComponent(m[1]);
+      const entry = lineItems.get(sessionId);
+      if (!entry) {
+        return [404, stripeError(404, `No such checkout.session: '${sessionId}'`, { code: 'resource_missing', param: 'session' })];
+      }
+      return list(entry, u, `/v1/checkout/sessions/${sessionId}/line_items`);
+    }
+    m = u.pathname.match(/^\/stripe\/v1\/payment_intents\/([^/]+)$/);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      const pi = paymentIntents.get(id);
+      if (!pi) return [404, stripeError(404, `No such payment_intent: '${id}'`, { code: 'resource_missing', param: 'intent' })];
+      return [200, pi];
+    }
+    return [404, stripeError(404, `Unrecognized request URL (GET: ${u.pathname.replace(/^\/stripe/, '')}).`)];
+  }
+
+  /** A Stripe list page: `limit` (1..100, default 10, capped at the pageSize given), `starting_after` / `ending_before`. */
+  function list({ items, pageSize }, u, url) {
+    const q = u.searchParams;
+    let limit = 10;
+    if (q.has('limit')) {
+      limit = Number(q.get('limit'));
+      if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
+        return [400, stripeError(400, 'Invalid integer: limit must be between 1 and 100', { param: 'limit' })];
+      }
+    }
+    limit = Math.min(limit, pageSize);
+    let start = 0;
+    let end = items.length;
+    if (q.has('starting_after')) {
+      const i = items.findIndex((it) => it.id === q.get('starting_after'));
+      if (i < 0) return [400, stripeError(400, `Invalid starting_after: ${q.get('starting_after')}`, { param: 'starting_after' })];
+      start = i + 1;
+    } else if (q.has('ending_before')) {
+      const i = items.findIndex((it) => it.id === q.get('ending_before'));
+      if (i < 0) return [400, stripeError(400, `Invalid ending_before: ${q.get('ending_before')}`, { param: 'ending_before' })];
+      end = i;
+      start = Math.max(0, end - limit);
+    }
+    const data = items.slice(start, Math.min(end, start + limit));
+    const hasMore = q.has('ending_before') ? start > 0 : start + data.length < items.length;
+    return [200, { object: 'list', data, has_more: hasMore, url }];
+  }
+
+  function queueFault(service, n, fault) {
+    if (!faults.has(service)) throw new Error(`unknown service ${service} (one of ${SERVICES.join(', ')})`);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`n must be a positive integer, got ${n}`);
+    for (let i = 0; i < n; i++) faults.get(service).push({ ...fault });
+  }
+
+  function releasePending() {
+    for (const entry of pending) entry.release();
+    pending.clear();
+  }
+
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  let stopped = false;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    calls,
+    /** Forgets calls, faults, issued licenses/shipments, stored objects; releases hung requests. */
+    reset() {
+      releasePending();
+      calls.length = 0;
+      for (const q of faults.values()) q.length = 0;
+      licenses = [];
+      shipments = [];
+      idempotency = { license: new Map(), shipping: new Map() };
+      lineItems = new Map();
+      paymentIntents = new Map();
+    },
+    failNext(service, n = 1, status = 500) { queueFault(service, n, { kind: 'fail', status }); },
+    hangNext(service, n = 1) { queueFault(service, n, { kind: 'hang' }); },
+    delayNext(service, n = 1, ms = 1_000) { queueFault(service, n, { kind: 'delay', ms }); },
+    closeNext(service, n = 1) { queueFault(service, n, { kind: 'close' }); },
+    /** Line items of a Checkout Session (Stripe `item` objects, each with an `id`). */
+    setLineItems(sessionId, items, pageSize = 10) {
+      lineItems.set(sessionId, { items: items.map((it) => ({ ...it })), pageSize });
+    },
+    setPaymentIntent(id, object) { paymentIntents.set(id, { id, object: 'payment_intent', ...object }); },
+    /** Licenses actually issued: [{license_key, idempotency_key, request, at}]. */
+    licensesIssued: () => licenses.slice(),
+    /** Shipments actually created: [{shipment_id, idempotency_key, request, at}]. */
+    shipmentsCreated: () => shipments.slice(),
+    /** Calls recorded for one service. */
+    callsTo: (service) => calls.filter((c) => c.service === service),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      releasePending();
+      const closed = new Promise((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timeout = new Promise((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS).unref());
+      await Promise.race([closed, timeout]);
+      for (const s of sockets) s.destroy();
+      server.closeAllConnections();
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 500).unref())]);
+    },
+  };
+}
