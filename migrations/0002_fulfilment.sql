@@ -16,6 +16,10 @@ CREATE INDEX purchases_by_state ON purchases (state, updated_at);
 CREATE TABLE steps (
   session_id  TEXT    NOT NULL REFERENCES purchases (session_id),
   step        TEXT    NOT NULL,             -- license | shipping
+  -- The event that opened the step. Every attempt builds its request from it, so a
+  -- retry driven by another event about the same session sends the same body under
+  -- the same Idempotency-Key (servers refuse a reused key with a different body).
+  event_id    TEXT    NOT NULL,
   state       TEXT    NOT NULL,             -- pending | running | done | failed
   -- While running: until when the claimant holds it (unix ms). After that another
   -- delivery may claim it again; the upstream Idempotency-Key keeps that safe.

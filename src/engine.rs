@@ -65,7 +65,13 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let session_id = purchase.session_id();
     let now = deps.clock.now_ms();
     deps.ledger
-        .open_fulfilment(session_id, purchase.livemode, &purchase.step_names(), now)
+        .open_fulfilment(
+            session_id,
+            purchase.livemode,
+            &purchase.event_id,
+            &purchase.step_names(),
+            now,
+        )
         .await?;
     if purchase.steps.is_empty() {
         Line::info("nothing to fulfil")
@@ -120,10 +126,17 @@ async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         .ledger
         .claim_step(session_id, step.name(), now, now + LEASE_MS)
         .await?;
-    let Some(attempt) = claimed else {
+    let Some(claim) = claimed else {
         return Ok((observe(deps, session_id, step).await?, false));
     };
-    let result = execute(deps, purchase, step, deadline).await;
+    let attempt = claim.attempt;
+    // Built from the event that opened the step, so every attempt sends the same body
+    // under the same Idempotency-Key, whichever event drives the retry.
+    let pinned = Purchase {
+        event_id: claim.event_id,
+        ..purchase.clone()
+    };
+    let result = execute(deps, &pinned, step, deadline).await;
     let settlement = match &result {
         Ok(id) => Settlement::Done(id.clone()),
         Err(e) if e.is_permanent() => Settlement::Fail(e.message()),

@@ -345,14 +345,17 @@ fn a_running_step_whose_lease_expired_is_taken_over_and_the_old_holder_is_fenced
     let ledger = &world.ledger;
     block_on(async {
         ledger
-            .open_fulfilment("cs_1", false, &["license"], NOW_MS)
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS)
             .await
             .unwrap();
         let first = ledger
             .claim_step("cs_1", "license", NOW_MS, NOW_MS + 1_000)
             .await
             .unwrap();
-        assert_eq!(first, Some(1));
+        assert_eq!(
+            first.map(|c| (c.attempt, c.event_id)),
+            Some((1, "evt_1".to_string()))
+        );
         assert_eq!(
             ledger
                 .claim_step("cs_1", "license", NOW_MS + 999, NOW_MS + 2_000)
@@ -364,7 +367,7 @@ fn a_running_step_whose_lease_expired_is_taken_over_and_the_old_holder_is_fenced
             .claim_step("cs_1", "license", NOW_MS + 1_000, NOW_MS + 21_000)
             .await
             .unwrap();
-        assert_eq!(second, Some(2));
+        assert_eq!(second.map(|c| c.attempt), Some(2));
         let stale = Settlement::Done("lic_stale".into());
         assert!(!ledger
             .settle_step("cs_1", "license", 1, &stale, NOW_MS + 1_001)
@@ -567,4 +570,35 @@ fn logs_never_carry_customer_data_license_keys_or_secrets() {
         assert!(!log.contains(needle), "{needle} reached the log:\n{log}");
     }
     assert!(log.contains("step done") && log.contains("step will be retried"));
+}
+
+#[test]
+fn a_retry_driven_by_another_event_sends_the_same_body_under_the_same_key() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    let completed = event(
+        "evt_first",
+        "checkout.session.completed",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(
+        deliver(&world, &completed).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    let succeeded = event(
+        "evt_second",
+        "checkout.session.async_payment_succeeded",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(
+        deliver(&world, &succeeded).verdict,
+        recorded(Status::Accepted)
+    );
+    let calls = world.upstream.calls_to(Svc::License);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "a reused Idempotency-Key must carry the same body"
+    );
+    assert!(calls[1].body.as_deref().unwrap().contains("evt_first"));
 }

@@ -5,7 +5,8 @@ use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement};
 
 use super::{
-    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepRow, StepState,
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
+    StepState,
 };
 
 pub struct D1Ledger {
@@ -69,8 +70,9 @@ struct Returned {
 }
 
 #[derive(Deserialize)]
-struct Attempts {
+struct Claimed {
     attempts: f64,
+    event_id: String,
 }
 
 #[derive(Deserialize)]
@@ -190,12 +192,13 @@ impl Ledger for D1Ledger {
         &self,
         session_id: &str,
         livemode: bool,
+        event_id: &str,
         steps: &[&'static str],
         now_ms: u64,
     ) -> Result<(), LedgerError> {
         const INSERT_STEP: &str =
-            "INSERT INTO steps (session_id, step, state, attempts, created_at, updated_at) \
-            VALUES (?1, ?2, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
+            "INSERT INTO steps (session_id, step, event_id, state, attempts, created_at, updated_at) \
+            VALUES (?1, ?2, ?4, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
         let state = if steps.is_empty() {
             "nothing_to_fulfil"
         } else {
@@ -210,7 +213,12 @@ impl Ledger for D1Ledger {
         ];
         let mut batch = vec![self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?];
         for step in steps {
-            let args = [text(session_id), text(step), int(now_ms as i64)];
+            let args = [
+                text(session_id),
+                text(step),
+                int(now_ms as i64),
+                text(event_id),
+            ];
             batch.push(self.statement("open_fulfilment", INSERT_STEP, &args)?);
         }
         // One batch is one transaction and one round trip; each statement is idempotent
@@ -235,19 +243,22 @@ impl Ledger for D1Ledger {
         step: &'static str,
         now_ms: u64,
         lease_until: u64,
-    ) -> Result<Option<u32>, LedgerError> {
+    ) -> Result<Option<StepClaim>, LedgerError> {
         const SQL: &str = "UPDATE steps SET state = 'running', attempts = attempts + 1, lease_until = ?3, updated_at = ?4 \
             WHERE session_id = ?1 AND step = ?2 \
             AND (state = 'pending' OR (state = 'running' AND lease_until <= ?4)) \
-            RETURNING attempts";
+            RETURNING attempts, event_id";
         let args = [
             text(session_id),
             text(step),
             int(lease_until as i64),
             int(now_ms as i64),
         ];
-        let row: Option<Attempts> = self.first("claim_step", SQL, &args).await?;
-        Ok(row.map(|r| r.attempts as u32))
+        let row: Option<Claimed> = self.first("claim_step", SQL, &args).await?;
+        Ok(row.map(|r| StepClaim {
+            attempt: r.attempts as u32,
+            event_id: r.event_id,
+        }))
     }
 
     async fn step(

@@ -5,7 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use super::{
-    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepRow, StepState,
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
+    StepState,
 };
 
 #[derive(Debug, Default)]
@@ -13,6 +14,8 @@ pub struct MemoryLedger {
     pub events: RefCell<BTreeMap<String, EventRecord>>,
     pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
     pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
+    /// The event that opened each step (`steps.event_id`).
+    pub step_events: RefCell<BTreeMap<(String, &'static str), String>>,
     /// When set, every call fails as an unavailable database would.
     pub unavailable: Cell<bool>,
 }
@@ -92,6 +95,7 @@ impl Ledger for MemoryLedger {
         &self,
         session_id: &str,
         _livemode: bool,
+        event_id: &str,
         steps: &[&'static str],
         _now_ms: u64,
     ) -> Result<(), LedgerError> {
@@ -108,6 +112,10 @@ impl Ledger for MemoryLedger {
         );
         let mut rows = self.steps.borrow_mut();
         for step in steps {
+            self.step_events
+                .borrow_mut()
+                .entry((session_id.to_string(), step))
+                .or_insert_with(|| event_id.to_string());
             rows.entry((session_id.to_string(), step))
                 .or_insert(StepRow {
                     state: StepState::Pending,
@@ -126,7 +134,7 @@ impl Ledger for MemoryLedger {
         step: &'static str,
         now_ms: u64,
         lease_until: u64,
-    ) -> Result<Option<u32>, LedgerError> {
+    ) -> Result<Option<StepClaim>, LedgerError> {
         self.check("claim_step")?;
         let mut rows = self.steps.borrow_mut();
         let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
@@ -140,7 +148,11 @@ impl Ledger for MemoryLedger {
         row.state = StepState::Running;
         row.attempts += 1;
         row.lease_until = Some(lease_until);
-        Ok(Some(row.attempts))
+        let event_id = self.step_events.borrow()[&(session_id.to_string(), step)].clone();
+        Ok(Some(StepClaim {
+            attempt: row.attempts,
+            event_id,
+        }))
     }
 
     async fn step(

@@ -123,6 +123,15 @@ pub struct StepRow {
     pub result: Option<String>,
 }
 
+/// A step this delivery now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepClaim {
+    /// The attempt number: the fencing token for [`Ledger::settle_step`].
+    pub attempt: u32,
+    /// The event that opened the step; requests are built from it on every attempt.
+    pub event_id: String,
+}
+
 /// How a claimed step ends this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -163,20 +172,20 @@ pub trait Ledger {
         &self,
         session_id: &str,
         livemode: bool,
+        event_id: &str,
         steps: &[&'static str],
         now_ms: u64,
     ) -> Result<(), LedgerError>;
 
-    /// Takes a step that is pending, or running with a lease that has run out. Returns
-    /// the attempt number (the fencing token for [`Ledger::settle_step`]) or `None` when
-    /// the step is not claimable.
+    /// Takes a step that is pending, or running with a lease that has run out; `None`
+    /// when the step is not claimable.
     async fn claim_step(
         &self,
         session_id: &str,
         step: &'static str,
         now_ms: u64,
         lease_until: u64,
-    ) -> Result<Option<u32>, LedgerError>;
+    ) -> Result<Option<StepClaim>, LedgerError>;
 
     async fn step(
         &self,
