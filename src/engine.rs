@@ -89,10 +89,13 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             break;
         }
     }
-    let state = deps
-        .ledger
-        .finish_purchase(session_id, deps.clock.now_ms())
-        .await?;
+    let state = if purchase.steps.is_empty() {
+        Some(PurchaseState::NothingToFulfil)
+    } else {
+        deps.ledger
+            .finish_purchase(session_id, deps.clock.now_ms())
+            .await?
+    };
     Ok(Report {
         outcome: aggregate(&outcomes),
         ran,

@@ -543,6 +543,8 @@ fn a_session_with_nothing_to_fulfil_is_recorded_as_such() {
         world.ledger.purchase("cs_1"),
         Some(PurchaseState::NothingToFulfil)
     );
+    let again = deliver(&world, &body);
+    assert_eq!(again.purchase_state, Some(PurchaseState::NothingToFulfil));
     assert!(world.log.joined().contains("nothing to fulfil"));
 }
 
