@@ -48,6 +48,18 @@ done
 size_line "total" "$total_raw" "$total_gz"
 phase_done
 
+phase "wrangler deploy --dry-run (every environment in wrangler.toml)"
+# No account needed: validates each environment block and reports the upload size,
+# so a broken environment fails CI before anyone deploys it.
+dry="$(mktemp -d "${TMPDIR:-/tmp}/stripe-edge-dry.XXXXXX")"
+for env in "" $(grep -Eo '^\[env\.[a-z0-9_-]+\]' wrangler.toml | sed -E 's/\[env\.(.*)\]/\1/'); do
+  out="$(wrangler deploy --dry-run --outdir "$dry/${env:-top}" ${env:+--env "$env"} </dev/null 2>&1)" \
+    || { printf '%s\n' "$out" >&2; echo "dry run failed for environment '${env:-(top level)}'" >&2; exit 1; }
+  printf '%-12s %s\n' "${env:-(local)}" "$(grep -m1 'Total Upload' <<<"$out")"
+done
+rm -rf "$dry"
+phase_done
+
 phase "end-to-end tests (node --test, $(node --version))"
 node --test --test-concurrency=1 --test-reporter=spec 'test/**/*.test.mjs'
 phase_done
