@@ -25,7 +25,11 @@ fn production_sources() -> Vec<String> {
                     continue;
                 }
                 let text = fs::read_to_string(&path).unwrap();
-                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap().to_string();
+                let code = text
+                    .split("#[cfg(test)]\nmod tests")
+                    .next()
+                    .unwrap()
+                    .to_string();
                 files.push(code);
             }
         }
@@ -74,7 +78,10 @@ fn reasons_in_code() -> BTreeSet<String> {
 
 /// The first backticked cell of every row of the table under `heading`.
 fn table_keys(doc: &str, heading: &str) -> BTreeSet<String> {
-    let section = doc.split(heading).nth(1).unwrap_or_else(|| panic!("no {heading} section"));
+    let section = doc
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading} section"));
     let section = section.split("\n## ").next().unwrap();
     section
         .lines()
@@ -92,20 +99,38 @@ fn runbook() -> String {
 fn every_log_message_is_in_the_runbook_and_nothing_else_is() {
     let code = messages_in_code();
     let doc = table_keys(&runbook(), "## Messages");
-    assert!(code.len() >= 15, "the source scan found too few messages: {code:?}");
+    assert!(
+        code.len() >= 15,
+        "the source scan found too few messages: {code:?}"
+    );
     let undocumented: Vec<_> = code.difference(&doc).collect();
     let stale: Vec<_> = doc.difference(&code).collect();
-    assert!(undocumented.is_empty(), "messages missing from docs/OPERATIONS.md: {undocumented:?}");
-    assert!(stale.is_empty(), "docs/OPERATIONS.md lists messages the code never emits: {stale:?}");
+    assert!(
+        undocumented.is_empty(),
+        "messages missing from docs/OPERATIONS.md: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "docs/OPERATIONS.md lists messages the code never emits: {stale:?}"
+    );
 }
 
 #[test]
 fn every_reason_is_in_the_runbook_and_nothing_else_is() {
     let code = reasons_in_code();
     let doc = table_keys(&runbook(), "## Reasons");
-    assert!(code.len() >= 15, "the source scan found too few reasons: {code:?}");
+    assert!(
+        code.len() >= 15,
+        "the source scan found too few reasons: {code:?}"
+    );
     let undocumented: Vec<_> = code.difference(&doc).collect();
     let stale: Vec<_> = doc.difference(&code).collect();
-    assert!(undocumented.is_empty(), "reasons missing from docs/OPERATIONS.md: {undocumented:?}");
-    assert!(stale.is_empty(), "docs/OPERATIONS.md lists reasons the code never gives: {stale:?}");
+    assert!(
+        undocumented.is_empty(),
+        "reasons missing from docs/OPERATIONS.md: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "docs/OPERATIONS.md lists reasons the code never gives: {stale:?}"
+    );
 }
