@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::relay::RelaySigner;
+
 pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
 pub const STRIPE_WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
 pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
@@ -18,6 +20,7 @@ pub const SHIPPING_API_KEY: &str = "SHIPPING_API_KEY";
 pub const STRIPE_API_KEY: &str = "STRIPE_API_KEY";
 pub const STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
+pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
 
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
@@ -94,6 +97,8 @@ pub struct Config {
     pub stripe_api_key: Option<Secret>,
     pub stripe_api_base: String,
     pub upstream_timeout_ms: u64,
+    /// Signs calls to the license server and shipping system (Standard Webhooks).
+    pub forward_signer: Option<RelaySigner>,
     pub problems: Vec<Problem>,
 }
 
@@ -143,7 +148,19 @@ impl Config {
             }
             None => DEFAULT_STRIPE_API_BASE.to_string(),
         };
+        let forward_signer = get(FORWARD_SIGNING_SECRET).and_then(|secret| {
+            let signer = RelaySigner::from_secret(secret.trim());
+            if signer.is_none() {
+                invalid(
+                    &mut problems,
+                    FORWARD_SIGNING_SECRET,
+                    "not whsec_ followed by base64",
+                );
+            }
+            signer
+        });
         Config {
+            forward_signer,
             webhook_secrets,
             tolerance_secs,
             max_body_bytes,
@@ -424,6 +441,18 @@ mod tests {
             (LICENSE_SERVER_API_KEY, "k"),
         ]);
         assert_eq!(config.license.unwrap().url, "https://l.example");
+    }
+
+    #[test]
+    fn a_forward_secret_must_be_whsec_base64() {
+        let config = load(&[(
+            FORWARD_SIGNING_SECRET,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )]);
+        assert!(config.forward_signer.is_some() && config.invalid().is_empty());
+        let config = load(&[(FORWARD_SIGNING_SECRET, "not-a-secret")]);
+        assert!(config.forward_signer.is_none());
+        assert_eq!(config.invalid(), vec![FORWARD_SIGNING_SECRET]);
     }
 
     #[test]

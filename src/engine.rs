@@ -207,8 +207,11 @@ async fn execute<L, U: Upstream, C: Clock, S>(
     match step {
         Step::License => {
             let service = license::configured(deps.config.license.as_ref())?;
-            let request = license::request(purchase, service)
+            let mut request = license::request(purchase, service)
                 .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))?;
+            if let Some(signer) = &deps.config.forward_signer {
+                signer.attach(&mut request, (deps.clock.now_ms() / 1000) as i64);
+            }
             let body = call(
                 deps.upstream,
                 deps.clock,

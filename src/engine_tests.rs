@@ -604,3 +604,29 @@ fn a_retry_driven_by_another_event_sends_the_same_body_under_the_same_key() {
     );
     assert!(calls[1].body.as_deref().unwrap().contains("evt_first"));
 }
+
+#[test]
+fn with_a_forward_secret_service_calls_carry_standard_webhooks_headers() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let config = crate::config::Config {
+        forward_signer: crate::relay::RelaySigner::from_secret(secret),
+        ..full_config()
+    };
+    let world = World::new(config);
+    deliver(&world, &paid("cs_1"));
+    let signer = crate::relay::RelaySigner::from_secret(secret).unwrap();
+    for call in [
+        &world.upstream.calls_to(Svc::License)[0],
+        &world.upstream.calls_to(Svc::Shipping)[0],
+    ] {
+        let id = call.header("webhook-id").unwrap();
+        assert_eq!(Some(id), call.header("idempotency-key"));
+        let timestamp: i64 = call.header("webhook-timestamp").unwrap().parse().unwrap();
+        assert_eq!(timestamp, (NOW_MS / 1000) as i64);
+        let expected = signer.sign(id, timestamp, call.body.as_deref().unwrap().as_bytes());
+        assert_eq!(call.header("webhook-signature"), Some(expected.as_str()));
+    }
+    assert!(world.upstream.calls_to(Svc::LineItems)[0]
+        .header("webhook-signature")
+        .is_none());
+}

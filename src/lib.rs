@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod license;
 pub mod log;
 pub mod plan;
+pub mod relay;
 pub mod reply;
 pub mod shipping;
 pub mod signature;

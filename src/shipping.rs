@@ -52,7 +52,10 @@ pub async fn run(
     let lines = stripe
         .line_items(upstream, clock, deadline, &session.id)
         .await?;
-    let request = request(purchase, service, &details, &lines);
+    let mut request = request(purchase, service, &details, &lines);
+    if let Some(signer) = &config.forward_signer {
+        signer.attach(&mut request, (clock.now_ms() / 1000) as i64);
+    }
     let body = call(upstream, clock, deadline, Called::Shipping, request).await?;
     shipment_id(&body)
 }
