@@ -62,6 +62,7 @@ pub fn ok(body: &str) -> Answer {
     Ok(HttpResponse {
         status: 200,
         body: body.as_bytes().to_vec(),
+        request_id: None,
     })
 }
 
@@ -69,6 +70,7 @@ pub fn status(code: u16) -> Answer {
     Ok(HttpResponse {
         status: code,
         body: br#"{"error":"scripted"}"#.to_vec(),
+        request_id: None,
     })
 }
 

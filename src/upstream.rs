@@ -54,6 +54,8 @@ impl HttpRequest {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The upstream's request id (Stripe's `Request-Id`), for logs and support tickets.
+    pub request_id: Option<String>,
 }
 
 /// The call did not produce an HTTP answer.
@@ -184,6 +186,7 @@ mod tests {
                 HttpResponse {
                     status,
                     body: vec![],
+                    request_id: None,
                 },
             )
         };

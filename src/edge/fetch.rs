@@ -50,8 +50,13 @@ impl Upstream for FetchUpstream {
         let exchange = async {
             let mut response = fetch.send_with_signal(&signal).await?;
             let status = response.status_code();
+            let request_id = response.headers().get("request-id").ok().flatten();
             let body = response.bytes().await?;
-            Ok::<_, worker::Error>(HttpResponse { status, body })
+            Ok::<_, worker::Error>(HttpResponse {
+                status,
+                body,
+                request_id,
+            })
         };
         let timeout = Delay::from(Duration::from_millis(request.timeout_ms));
         futures_util::pin_mut!(exchange);
