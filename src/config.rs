@@ -21,11 +21,15 @@ pub const STRIPE_API_KEY: &str = "STRIPE_API_KEY";
 pub const STRIPE_API_BASE: &str = "STRIPE_API_BASE";
 pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
 pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
+pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
 
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
+/// Longer than Stripe's 3-day retry window and its 30-day event history.
+pub const DEFAULT_RETENTION_DAYS: u64 = 30;
 /// Upper bound for one upstream call: the whole delivery must finish within 10 s.
 pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
 
@@ -99,6 +103,9 @@ pub struct Config {
     pub upstream_timeout_ms: u64,
     /// Signs calls to the license server and shipping system (Standard Webhooks).
     pub forward_signer: Option<RelaySigner>,
+    /// Bearer token of the ops API; unset = no `/admin/` routes at all.
+    pub admin_token: Option<Secret>,
+    pub retention_days: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -159,7 +166,16 @@ impl Config {
             }
             signer
         });
+        let retention_days = number(
+            RETENTION_DAYS,
+            get(RETENTION_DAYS),
+            DEFAULT_RETENTION_DAYS,
+            4..=3650,
+            &mut problems,
+        );
         Config {
+            admin_token: get(ADMIN_TOKEN).map(|t| Secret::new(t.trim())),
+            retention_days,
             forward_signer,
             webhook_secrets,
             tolerance_secs,

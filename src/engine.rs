@@ -7,10 +7,11 @@
 //! over cannot overwrite the new holder. A step someone else holds stops the run: the
 //! holder carries the purchase on, and this delivery is told to come back (409).
 
-use crate::config::Config;
+use crate::config::{Config, STRIPE_API_KEY};
 use crate::ledger::{Ledger, LedgerError, PurchaseState, Settlement, StepState};
 use crate::log::{Line, Sink};
 use crate::plan::{Purchase, Step};
+use crate::stripe_api::StripeApi;
 use crate::upstream::{call, Clock, Deadline, Service as Called, StepError, Upstream};
 use crate::{license, shipping};
 
@@ -101,6 +102,60 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         ran,
         state,
     })
+}
+
+/// Why a purchase could not be resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The ledger has no steps for this session.
+    Unknown,
+    /// The Checkout Session could not be fetched from Stripe (or no key is set).
+    Session(StepError),
+    Ledger(LedgerError),
+}
+
+impl From<LedgerError> for ResumeError {
+    fn from(e: LedgerError) -> Self {
+        Self::Ledger(e)
+    }
+}
+
+/// Runs the steps of a purchase that are not done, without its event: for replays, the
+/// scheduled re-drive and the queue consumer. The ledger keeps no customer data, so the
+/// session is fetched from Stripe; each step still builds its request from the event
+/// that opened it, so the bodies match earlier attempts.
+pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    started_ms: u64,
+) -> Result<Report, ResumeError> {
+    let rows = deps.ledger.steps_of(session_id).await?;
+    let Some(first) = rows.first() else {
+        return Err(ResumeError::Unknown);
+    };
+    let key = deps
+        .config
+        .stripe_api_key
+        .as_ref()
+        .ok_or(ResumeError::Session(StepError::NotConfigured(
+            STRIPE_API_KEY,
+        )))?;
+    let stripe = StripeApi {
+        base: &deps.config.stripe_api_base,
+        key,
+    };
+    let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
+    let session = stripe
+        .checkout_session(deps.upstream, deps.clock, deadline, session_id)
+        .await
+        .map_err(ResumeError::Session)?;
+    let purchase = Purchase {
+        event_id: first.event_id.clone(),
+        livemode: session.livemode.unwrap_or(false),
+        steps: rows.iter().filter_map(|r| Step::parse(&r.step)).collect(),
+        session,
+    };
+    Ok(fulfil(deps, &purchase, started_ms).await?)
 }
 
 fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {

@@ -4,6 +4,7 @@
 //! compiles and is tested natively, and thin edge glue (`edge`, `ledger::d1`) that is the
 //! only code touching JavaScript. See README.md, "Architecture".
 
+pub mod admin;
 pub mod config;
 pub mod edge;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod event;
 pub mod ledger;
 pub mod license;
 pub mod log;
+pub mod maintenance;
 pub mod plan;
 pub mod relay;
 pub mod reply;
@@ -23,7 +25,7 @@ pub mod webhook;
 #[cfg(test)]
 mod testing;
 
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::{event, Context, Env, Request, Response, Result, ScheduleContext, ScheduledEvent};
 
 #[event(start)]
 fn start() {
@@ -38,4 +40,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         Ok(response) => Ok(response),
         Err(e) => edge::internal_error(&e),
     }
+}
+
+/// The cron trigger (`[triggers]` in wrangler.toml): re-drive and retention.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    edge::scheduled(env).await;
 }

@@ -74,6 +74,12 @@ pub enum Step {
 }
 
 impl Step {
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::License, Self::Shipping]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::License => "license",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::event::{Expandable, ShippingDetails};
+use crate::event::{CheckoutSession, Expandable, ShippingDetails};
 use crate::upstream::{call, Clock, Deadline, HttpRequest, Method, Service, StepError, Upstream};
 
 /// Stripe's largest page; a purchase with more line items than this follows `has_more`.
@@ -83,6 +83,22 @@ impl StripeApi<'_> {
             StepError::Permanent("Stripe API sent an unreadable PaymentIntent".into())
         })?;
         Ok(intent.shipping.filter(|s| s.address.is_some()))
+    }
+
+    /// The Checkout Session as Stripe has it now: replays and re-drives rebuild a
+    /// purchase from it, since the ledger keeps no customer data.
+    pub async fn checkout_session(
+        &self,
+        upstream: &impl Upstream,
+        clock: &impl Clock,
+        deadline: Deadline,
+        session_id: &str,
+    ) -> Result<CheckoutSession, StepError> {
+        let path = format!("/v1/checkout/sessions/{}", path_segment(session_id)?);
+        let body = call(upstream, clock, deadline, Service::Stripe, self.get(path)).await?;
+        serde_json::from_slice(&body).map_err(|_| {
+            StepError::Permanent("Stripe API sent an unreadable Checkout Session".into())
+        })
     }
 
     /// Every line item of a session, following `has_more` page by page.

@@ -40,6 +40,8 @@ pub enum Svc {
     Shipping,
     PaymentIntent,
     LineItems,
+    /// `GET /v1/checkout/sessions/{id}` (replays and re-drives).
+    Session,
 }
 
 pub type Answer = Result<HttpResponse, TransportError>;
@@ -51,6 +53,8 @@ pub struct FakeUpstream {
     scripted: RefCell<Vec<(Svc, VecDeque<Answer>)>>,
     pub line_item_pages: RefCell<Vec<String>>,
     pub payment_intent: RefCell<Option<String>>,
+    /// The Checkout Session the Stripe API returns (replays and re-drives).
+    pub session: RefCell<Option<String>>,
     /// When set, every call yields once to the executor, so joined deliveries interleave.
     pub yield_in_calls: Cell<bool>,
     /// Advances the clock by this much on every call (a slow upstream).
@@ -108,6 +112,10 @@ impl FakeUpstream {
                 .borrow()
                 .as_deref()
                 .unwrap_or(r#"{"id":"pi_1","shipping":null}"#)),
+            Svc::Session => match self.session.borrow().as_deref() {
+                Some(session) => ok(session),
+                None => status(404),
+            },
             Svc::LineItems => {
                 let pages = self.line_item_pages.borrow();
                 let page = if request.url.contains("starting_after") {
@@ -131,6 +139,8 @@ fn service_of(url: &str) -> Svc {
         Svc::LineItems
     } else if url.contains("/payment_intents/") {
         Svc::PaymentIntent
+    } else if url.contains("/v1/checkout/sessions/") {
+        Svc::Session
     } else {
         Svc::Shipping
     }

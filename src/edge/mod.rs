@@ -8,6 +8,7 @@ use worker::{
     console_error, console_log, console_warn, Env, Headers, Method, Request, Response, Result,
 };
 
+pub mod admin;
 pub mod fetch;
 
 use crate::config::Config;
@@ -59,6 +60,10 @@ pub async fn route(req: Request, env: Env) -> Result<Response> {
         (WEBHOOK_PATH, Method::Post) => webhook(req, env, started).await,
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
+        (path, _) if path.starts_with(crate::admin::PREFIX) => {
+            let config = load_config(&env);
+            admin::handle(req, env, &config).await
+        }
         _ => answer(Decision::refused(Refusal::NotFound), started),
     }
 }
@@ -135,6 +140,45 @@ async fn healthz(env: Env) -> Result<Response> {
 fn answer(decision: Decision, started: u64) -> Result<Response> {
     reply::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
     respond(reply::for_decision(&decision))
+}
+
+/// The scheduled run: one summary line, or an error line when D1 is unavailable.
+pub async fn scheduled(env: Env) {
+    let started = now_ms();
+    let config = load_config(&env);
+    let db = match env.d1(DB_BINDING) {
+        Ok(db) => db,
+        Err(e) => {
+            Line::error("scheduled run failed")
+                .text("detail", &e.to_string())
+                .emit(&Console);
+            return;
+        }
+    };
+    let ledger = D1Ledger::new(db);
+    let deps = Deps {
+        config: &config,
+        ledger: &ledger,
+        upstream: &fetch::FetchUpstream,
+        clock: &fetch::WorkerClock,
+        log: &Console,
+    };
+    match crate::maintenance::run(&deps).await {
+        Ok(summary) => crate::maintenance::summary_line(&summary, now_ms().saturating_sub(started))
+            .emit(&Console),
+        Err(e) => Line::error("scheduled run failed")
+            .text("detail", &e.detail)
+            .emit(&Console),
+    }
+}
+
+/// A JSON answer that is never cached.
+pub fn respond_json(status: u16, body: &serde_json::Value) -> Result<Response> {
+    respond(Reply {
+        status,
+        body: body.clone(),
+        allow: None,
+    })
 }
 
 fn respond(reply: Reply) -> Result<Response> {

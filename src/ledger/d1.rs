@@ -82,12 +82,38 @@ struct StateOnly {
 
 #[derive(Deserialize)]
 struct RawStep {
+    step: String,
+    event_id: String,
     state: String,
     lease_until: Option<f64>,
     attempts: f64,
     last_error: Option<String>,
     result: Option<String>,
+    updated_at: f64,
 }
+
+impl RawStep {
+    fn into_row(self) -> Option<StepRow> {
+        Some(StepRow {
+            state: StepState::parse(&self.state)?,
+            step: self.step,
+            event_id: self.event_id,
+            lease_until: self.lease_until.map(|v| v as u64),
+            attempts: self.attempts as u32,
+            last_error: self.last_error,
+            result: self.result,
+            updated_at: self.updated_at as u64,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionOnly {
+    session_id: String,
+}
+
+const STEP_COLUMNS: &str =
+    "step, event_id, state, lease_until, attempts, last_error, result, updated_at";
 
 impl D1Ledger {
     async fn run(
@@ -105,7 +131,24 @@ impl D1Ledger {
         Ok(meta.and_then(|m| m.changes).unwrap_or(0))
     }
 
-    async fn first<T: for<'de> Deserialize<'de>>(
+    pub(crate) async fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Vec<T>, LedgerError> {
+        let result = self
+            .statement(operation, sql, args)?
+            .all()
+            .await
+            .map_err(failure(operation))?;
+        if let Some(detail) = result.error() {
+            return Err(LedgerError { operation, detail });
+        }
+        result.results().map_err(failure(operation))
+    }
+
+    pub(crate) async fn first<T: for<'de> Deserialize<'de>>(
         &self,
         operation: &'static str,
         sql: &str,
@@ -266,20 +309,67 @@ impl Ledger for D1Ledger {
         session_id: &str,
         step: &'static str,
     ) -> Result<Option<StepRow>, LedgerError> {
-        const SQL: &str = "SELECT state, lease_until, attempts, last_error, result FROM steps \
-            WHERE session_id = ?1 AND step = ?2";
+        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE session_id = ?1 AND step = ?2");
         let row: Option<RawStep> = self
-            .first("step", SQL, &[text(session_id), text(step)])
+            .first("step", &sql, &[text(session_id), text(step)])
             .await?;
-        Ok(row.and_then(|r| {
-            Some(StepRow {
-                state: StepState::parse(&r.state)?,
-                lease_until: r.lease_until.map(|v| v as u64),
-                attempts: r.attempts as u32,
-                last_error: r.last_error,
-                result: r.result,
-            })
-        }))
+        Ok(row.and_then(RawStep::into_row))
+    }
+
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError> {
+        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE session_id = ?1 ORDER BY step");
+        let rows: Vec<RawStep> = self.all("steps_of", &sql, &[text(session_id)]).await?;
+        Ok(rows.into_iter().filter_map(RawStep::into_row).collect())
+    }
+
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
+        const STEPS: &str = "UPDATE steps SET state = 'pending', updated_at = ?2 \
+            WHERE session_id = ?1 AND state = 'failed'";
+        const PURCHASE: &str = "UPDATE purchases SET state = 'fulfilling', updated_at = ?2 \
+            WHERE session_id = ?1 AND state = 'failed'";
+        let args = [text(session_id), int(now_ms as i64)];
+        let batch = vec![
+            self.statement("reset_failed", STEPS, &args)?,
+            self.statement("reset_failed", PURCHASE, &args)?,
+        ];
+        let results = self
+            .db
+            .batch(batch)
+            .await
+            .map_err(failure("reset_failed"))?;
+        let changed = results
+            .first()
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
+        Ok(changed as u32)
+    }
+
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
+        const SQL: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
+            WHERE e.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM purchases p \
+              WHERE p.session_id = e.object_id AND p.state IN ('awaiting_payment', 'fulfilling', 'failed')) \
+            LIMIT ?2)";
+        let args = [int(before_ms as i64), int(i64::from(limit))];
+        Ok(self.run("prune_events", SQL, &args).await? as u32)
+    }
+
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError> {
+        const SQL: &str = "SELECT session_id FROM steps \
+            WHERE (state = 'pending' AND updated_at < ?2) OR (state = 'running' AND lease_until <= ?1) \
+            GROUP BY session_id ORDER BY MIN(updated_at) LIMIT ?3";
+        let args = [
+            int(now_ms as i64),
+            int(idle_before_ms as i64),
+            int(i64::from(limit)),
+        ];
+        let rows: Vec<SessionOnly> = self.all("stalled_sessions", SQL, &args).await?;
+        Ok(rows.into_iter().map(|r| r.session_id).collect())
     }
 
     async fn settle_step(

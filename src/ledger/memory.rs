@@ -14,8 +14,6 @@ pub struct MemoryLedger {
     pub events: RefCell<BTreeMap<String, EventRecord>>,
     pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
     pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
-    /// The event that opened each step (`steps.event_id`).
-    pub step_events: RefCell<BTreeMap<(String, &'static str), String>>,
     /// When set, every call fails as an unavailable database would.
     pub unavailable: Cell<bool>,
 }
@@ -97,7 +95,7 @@ impl Ledger for MemoryLedger {
         _livemode: bool,
         event_id: &str,
         steps: &[&'static str],
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), LedgerError> {
         self.check("open_fulfilment")?;
         let state = if steps.is_empty() {
@@ -112,17 +110,16 @@ impl Ledger for MemoryLedger {
         );
         let mut rows = self.steps.borrow_mut();
         for step in steps {
-            self.step_events
-                .borrow_mut()
-                .entry((session_id.to_string(), step))
-                .or_insert_with(|| event_id.to_string());
             rows.entry((session_id.to_string(), step))
                 .or_insert(StepRow {
+                    step: step.to_string(),
+                    event_id: event_id.to_string(),
                     state: StepState::Pending,
                     lease_until: None,
                     attempts: 0,
                     last_error: None,
                     result: None,
+                    updated_at: now_ms,
                 });
         }
         Ok(())
@@ -148,10 +145,10 @@ impl Ledger for MemoryLedger {
         row.state = StepState::Running;
         row.attempts += 1;
         row.lease_until = Some(lease_until);
-        let event_id = self.step_events.borrow()[&(session_id.to_string(), step)].clone();
+        row.updated_at = now_ms;
         Ok(Some(StepClaim {
             attempt: row.attempts,
-            event_id,
+            event_id: row.event_id.clone(),
         }))
     }
 
@@ -170,7 +167,7 @@ impl Ledger for MemoryLedger {
         step: &'static str,
         attempt: u32,
         settlement: &Settlement,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<bool, LedgerError> {
         self.check("settle_step")?;
         let mut rows = self.steps.borrow_mut();
@@ -181,6 +178,7 @@ impl Ledger for MemoryLedger {
             return Ok(false);
         }
         row.lease_until = None;
+        row.updated_at = now_ms;
         match settlement {
             Settlement::Done(result) => {
                 row.state = StepState::Done;
@@ -197,6 +195,93 @@ impl Ledger for MemoryLedger {
             }
         }
         Ok(true)
+    }
+
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError> {
+        self.check("steps_of")?;
+        Ok(self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|((id, _), _)| id == session_id)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
+        self.check("reset_failed")?;
+        let mut reset = 0;
+        for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Failed {
+                row.state = StepState::Pending;
+                row.updated_at = now_ms;
+                reset += 1;
+            }
+        }
+        self.upsert_purchase(
+            session_id,
+            PurchaseState::Fulfilling,
+            &[PurchaseState::Failed],
+        );
+        Ok(reset)
+    }
+
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
+        self.check("prune_events")?;
+        let unfinished = |id: &Option<String>| {
+            id.as_deref()
+                .and_then(|id| self.purchase(id))
+                .is_some_and(|state| {
+                    matches!(
+                        state,
+                        PurchaseState::AwaitingPayment
+                            | PurchaseState::Fulfilling
+                            | PurchaseState::Failed
+                    )
+                })
+        };
+        let doomed: Vec<String> = self
+            .events
+            .borrow()
+            .values()
+            .filter(|e| e.received_at_ms < before_ms && !unfinished(&e.object_id))
+            .map(|e| e.id.clone())
+            .take(limit as usize)
+            .collect();
+        let mut events = self.events.borrow_mut();
+        for id in &doomed {
+            events.remove(id);
+        }
+        Ok(doomed.len() as u32)
+    }
+
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.check("stalled_sessions")?;
+        let mut stalled: Vec<(u64, String)> = self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|(_, row)| match row.state {
+                StepState::Pending => row.updated_at < idle_before_ms,
+                StepState::Running => row.lease_until.is_some_and(|l| l <= now_ms),
+                _ => false,
+            })
+            .map(|((id, _), row)| (row.updated_at, id.clone()))
+            .collect();
+        stalled.sort();
+        let mut sessions: Vec<String> = Vec::new();
+        for (_, id) in stalled {
+            if !sessions.contains(&id) {
+                sessions.push(id);
+            }
+        }
+        sessions.truncate(limit as usize);
+        Ok(sessions)
     }
 
     async fn finish_purchase(

@@ -116,11 +116,15 @@ impl StepState {
 /// One row of `steps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRow {
+    pub step: String,
+    /// The event that opened the step.
+    pub event_id: String,
     pub state: StepState,
     pub lease_until: Option<u64>,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub result: Option<String>,
+    pub updated_at: u64,
 }
 
 /// A step this delivery now holds.
@@ -204,6 +208,28 @@ pub trait Ledger {
         settlement: &Settlement,
         now_ms: u64,
     ) -> Result<bool, LedgerError>;
+
+    /// Every step of a purchase, ordered by name.
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError>;
+
+    /// Sets the purchase's failed steps back to pending, and a failed purchase back to
+    /// fulfilling, so a replay runs them again; done steps are never touched. Returns
+    /// how many steps were reset.
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError>;
+
+    /// Sessions with a step left waiting: pending and untouched since `idle_before_ms`,
+    /// or running with a lease that ran out. Oldest first, at most `limit`.
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError>;
+
+    /// Deletes up to `limit` events received before `before_ms`, except those of a
+    /// purchase that is not finished (awaiting payment, fulfilling or failed). Purchases
+    /// and steps (the license and shipment mappings) are never deleted. Returns the count.
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError>;
 
     /// Derives the purchase's state from its steps (failed if any failed, fulfilled when
     /// all are done) and returns it.

@@ -1,0 +1,178 @@
+//! Replays, re-drives and retention, natively.
+
+use futures_executor::block_on;
+
+use crate::engine::{resume, ResumeError, RunOutcome};
+use crate::ledger::{EventRecord, Ledger, PurchaseState, StepState};
+use crate::maintenance::{run, IDLE_BEFORE_REDRIVE_MS};
+use crate::signature::sign_header;
+use crate::testing::{full_config, status, Svc, World, NOW_MS, WEBHOOK_SECRET};
+use crate::webhook::{handle, Delivery, Refusal, Status, Verdict};
+
+const SESSION: &str = r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid","livemode":false,
+    "customer":"cus_1","payment_intent":"pi_1","metadata":{"slug":"pro"},
+    "customer_details":{"email":"ada@example.com","name":"Ada"}}"#;
+
+fn paid_event() -> String {
+    format!(
+        r#"{{"id":"evt_1","object":"event","type":"checkout.session.completed","livemode":false,"data":{{"object":{SESSION}}}}}"#
+    )
+}
+
+fn deliver(world: &World) -> Verdict {
+    let body = paid_event();
+    let header = sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes());
+    let delivery = Delivery {
+        signature: Some(&header),
+        body: body.as_bytes(),
+    };
+    block_on(handle(&world.deps(), delivery, world.clock.0.get())).verdict
+}
+
+fn world() -> World {
+    let world = World::new(full_config());
+    world.upstream.session.replace(Some(SESSION.into()));
+    world
+}
+
+#[test]
+fn a_replay_after_a_permanent_failure_runs_only_the_failed_step_once() {
+    let world = world();
+    world.upstream.script(Svc::License, [status(400)]);
+    assert_eq!(deliver(&world), Verdict::Recorded(Status::Failed));
+    let ledger = &world.ledger;
+    assert_eq!(block_on(ledger.reset_failed("cs_1", NOW_MS)).unwrap(), 1);
+    assert_eq!(ledger.purchase("cs_1"), Some(PurchaseState::Fulfilling));
+    let report = block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+    assert_eq!(report.outcome, RunOutcome::Complete);
+    assert_eq!(ledger.purchase("cs_1"), Some(PurchaseState::Fulfilled));
+    let calls = world.upstream.calls_to(Svc::License);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "the replay resends the original request"
+    );
+    // A second replay finds nothing to do: done steps stay done.
+    assert_eq!(block_on(ledger.reset_failed("cs_1", NOW_MS)).unwrap(), 0);
+    block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 2);
+}
+
+#[test]
+fn resuming_an_unknown_purchase_or_without_a_stripe_key_says_why() {
+    let world = world();
+    assert_eq!(
+        block_on(resume(&world.deps(), "cs_none", NOW_MS)).unwrap_err(),
+        ResumeError::Unknown
+    );
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world);
+    let no_key = World::new(crate::config::Config {
+        stripe_api_key: None,
+        ..full_config()
+    });
+    block_on(
+        no_key
+            .ledger
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS),
+    )
+    .unwrap();
+    assert!(matches!(
+        block_on(resume(&no_key.deps(), "cs_1", NOW_MS)),
+        Err(ResumeError::Session(
+            crate::upstream::StepError::NotConfigured("STRIPE_API_KEY")
+        ))
+    ));
+}
+
+#[test]
+fn the_scheduled_run_finishes_a_step_whose_holder_died() {
+    let world = world();
+    let ledger = &world.ledger;
+    block_on(async {
+        ledger
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS)
+            .await
+            .unwrap();
+        // A delivery claimed the step and died: running, lease expiring in 20 s.
+        ledger
+            .claim_step("cs_1", "license", NOW_MS, NOW_MS + 20_000)
+            .await
+            .unwrap();
+    });
+    world.clock.0.set(NOW_MS + 10_000);
+    assert_eq!(
+        block_on(run(&world.deps())).unwrap().redriven,
+        0,
+        "the lease still holds"
+    );
+    world.clock.0.set(NOW_MS + 20_000);
+    let summary = block_on(run(&world.deps())).unwrap();
+    assert_eq!((summary.redriven, summary.completed), (1, 1));
+    assert_eq!(
+        ledger.step_row("cs_1", "license").unwrap().state,
+        StepState::Done
+    );
+    assert_eq!(ledger.step_row("cs_1", "license").unwrap().attempts, 2);
+}
+
+#[test]
+fn the_scheduled_run_leaves_recently_released_steps_to_stripe_for_a_minute() {
+    let world = world();
+    world.upstream.script(Svc::License, [status(503)]);
+    assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
+    assert_eq!(block_on(run(&world.deps())).unwrap().redriven, 0);
+    world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
+    assert_eq!(block_on(run(&world.deps())).unwrap().completed, 1);
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn retention_prunes_old_events_but_keeps_unfinished_purchases_and_all_mappings() {
+    let world = world();
+    let day = 86_400_000;
+    let record = |id: &str, object: &str, at: u64| EventRecord {
+        id: id.into(),
+        kind: "checkout.session.completed".into(),
+        livemode: false,
+        api_version: None,
+        created: None,
+        object_id: Some(object.into()),
+        disposition: "fulfil",
+        received_at_ms: at,
+    };
+    let ledger = &world.ledger;
+    block_on(async {
+        ledger
+            .claim_event(&record("evt_old_done", "cs_done", NOW_MS - 40 * day))
+            .await
+            .unwrap();
+        ledger
+            .claim_event(&record("evt_old_open", "cs_open", NOW_MS - 40 * day))
+            .await
+            .unwrap();
+        ledger
+            .claim_event(&record("evt_recent", "cs_done", NOW_MS - day))
+            .await
+            .unwrap();
+        ledger
+            .open_fulfilment("cs_done", false, "evt_old_done", &[], NOW_MS)
+            .await
+            .unwrap();
+        ledger
+            .open_fulfilment("cs_open", false, "evt_old_open", &["license"], NOW_MS)
+            .await
+            .unwrap();
+    });
+    world.upstream.script(Svc::License, [status(503)]);
+    world.upstream.session.replace(None); // the re-drive cannot finish cs_open
+    let summary = block_on(run(&world.deps())).unwrap();
+    assert_eq!(summary.pruned, 1);
+    let events = ledger.events.borrow();
+    assert!(!events.contains_key("evt_old_done"));
+    assert!(events.contains_key("evt_old_open") && events.contains_key("evt_recent"));
+    assert!(ledger.purchase("cs_done").is_some() && ledger.purchase("cs_open").is_some());
+}
