@@ -23,6 +23,7 @@ pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
 pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
 pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
+pub const FULFILLMENT_MAX_ATTEMPTS: &str = "FULFILLMENT_MAX_ATTEMPTS";
 
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
@@ -106,6 +107,9 @@ pub struct Config {
     /// Bearer token of the ops API; unset = no `/admin/` routes at all.
     pub admin_token: Option<Secret>,
     pub retention_days: u64,
+    /// Queue mode: attempts per step before it is failed and the message dead-lettered.
+    /// Keep it at the consumer's `max_retries` + 1 in wrangler.toml.
+    pub max_attempts: u32,
     pub problems: Vec<Problem>,
 }
 
@@ -173,7 +177,15 @@ impl Config {
             4..=3650,
             &mut problems,
         );
+        let max_attempts = number(
+            FULFILLMENT_MAX_ATTEMPTS,
+            get(FULFILLMENT_MAX_ATTEMPTS),
+            6,
+            1..=100,
+            &mut problems,
+        ) as u32;
         Config {
+            max_attempts,
             admin_token: get(ADMIN_TOKEN).map(|t| Secret::new(t.trim())),
             retention_days,
             forward_signer,

@@ -11,6 +11,7 @@ use crate::config::{Config, STRIPE_API_KEY};
 use crate::ledger::{Ledger, LedgerError, PurchaseState, Settlement, StepState};
 use crate::log::{Line, Sink};
 use crate::plan::{Purchase, Step};
+use crate::queue::Enqueue;
 use crate::stripe_api::StripeApi;
 use crate::upstream::{call, Clock, Deadline, Service as Called, StepError, Upstream};
 use crate::{license, shipping};
@@ -27,6 +28,8 @@ pub struct Deps<'a, L, U, C, S> {
     pub upstream: &'a U,
     pub clock: &'a C,
     pub log: &'a S,
+    /// The fulfilment queue when `FULFILLMENT_QUEUE` is bound (queue mode).
+    pub queue: Option<&'a dyn Enqueue>,
 }
 
 /// How one step ended for this run.
@@ -64,21 +67,7 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     started_ms: u64,
 ) -> Result<Report, LedgerError> {
     let session_id = purchase.session_id();
-    let now = deps.clock.now_ms();
-    deps.ledger
-        .open_fulfilment(
-            session_id,
-            purchase.livemode,
-            &purchase.event_id,
-            &purchase.step_names(),
-            now,
-        )
-        .await?;
-    if purchase.steps.is_empty() {
-        Line::info("nothing to fulfil")
-            .id("session_id", session_id)
-            .emit(deps.log);
-    }
+    open(deps, purchase).await?;
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
     let mut outcomes = Vec::new();
     let mut ran = false;
@@ -156,6 +145,29 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         session,
     };
     Ok(fulfil(deps, &purchase, started_ms).await?)
+}
+
+/// Records the purchase and its steps (idempotently: every event and redelivery may).
+pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+) -> Result<(), LedgerError> {
+    let session_id = purchase.session_id();
+    deps.ledger
+        .open_fulfilment(
+            session_id,
+            purchase.livemode,
+            &purchase.event_id,
+            &purchase.step_names(),
+            deps.clock.now_ms(),
+        )
+        .await?;
+    if purchase.steps.is_empty() {
+        Line::info("nothing to fulfil")
+            .id("session_id", session_id)
+            .emit(deps.log);
+    }
+    Ok(())
 }
 
 fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {

@@ -14,6 +14,7 @@ pub mod license;
 pub mod log;
 pub mod maintenance;
 pub mod plan;
+pub mod queue;
 pub mod relay;
 pub mod reply;
 pub mod shipping;
@@ -25,7 +26,9 @@ pub mod webhook;
 #[cfg(test)]
 mod testing;
 
-use worker::{event, Context, Env, Request, Response, Result, ScheduleContext, ScheduledEvent};
+use worker::{
+    event, Context, Env, MessageBatch, Request, Response, Result, ScheduleContext, ScheduledEvent,
+};
 
 #[event(start)]
 fn start() {
@@ -46,4 +49,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     edge::scheduled(env).await;
+}
+
+/// The fulfilment queue's consumer (queue mode): the same engine as inline mode.
+#[event(queue)]
+async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> Result<()> {
+    edge::queue::consume(batch, env).await;
+    Ok(())
 }

@@ -19,6 +19,8 @@ pub enum Level {
     Info,
     Warn,
     Error,
+    /// Needs a person now (e.g. a purchase whose retries ran out); printed as an error.
+    Alert,
 }
 
 impl Level {
@@ -27,6 +29,7 @@ impl Level {
             Self::Info => "info",
             Self::Warn => "warn",
             Self::Error => "error",
+            Self::Alert => "alert",
         }
     }
 }
@@ -60,6 +63,10 @@ impl Line {
 
     pub fn error(msg: &'static str) -> Self {
         Self::new(Level::Error, msg)
+    }
+
+    pub fn alert(msg: &'static str) -> Self {
+        Self::new(Level::Alert, msg)
     }
 
     pub fn level(&self) -> Level {

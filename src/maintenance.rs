@@ -8,6 +8,7 @@
 use crate::engine::{self, Deps, ResumeError, RunOutcome};
 use crate::ledger::{Ledger, LedgerError};
 use crate::log::{Line, Sink};
+use crate::queue::FulfilMessage;
 use crate::upstream::{Clock, Upstream};
 
 /// Purchases re-driven per run, so a run stays within the scheduled handler's limits
@@ -16,6 +17,9 @@ pub const REDRIVE_PER_RUN: u32 = 10;
 /// A pending step is left alone this long after its last change, so the re-drive does
 /// not race a delivery that Stripe is about to retry.
 pub const IDLE_BEFORE_REDRIVE_MS: u64 = 60_000;
+/// In queue mode a pending step may just be sitting out its backoff (at most 15 min),
+/// so the re-drive waits longer before it sends another message.
+pub const QUEUE_IDLE_BEFORE_REDRIVE_MS: u64 = 20 * 60_000;
 /// Events deleted per run; the next run continues.
 pub const PRUNE_PER_RUN: u32 = 1_000;
 const DAY_MS: u64 = 86_400_000;
@@ -25,6 +29,8 @@ pub struct Summary {
     pub redriven: u32,
     pub completed: u32,
     pub still_waiting: u32,
+    /// Queue mode: purchases handed back to the queue.
+    pub enqueued: u32,
     pub pruned: u32,
 }
 
@@ -33,16 +39,37 @@ pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
 ) -> Result<Summary, LedgerError> {
     let now = deps.clock.now_ms();
     let mut summary = Summary::default();
+    let idle = if deps.queue.is_some() {
+        QUEUE_IDLE_BEFORE_REDRIVE_MS
+    } else {
+        IDLE_BEFORE_REDRIVE_MS
+    };
     let stalled = deps
         .ledger
-        .stalled_sessions(
-            now,
-            now.saturating_sub(IDLE_BEFORE_REDRIVE_MS),
-            REDRIVE_PER_RUN,
-        )
+        .stalled_sessions(now, now.saturating_sub(idle), REDRIVE_PER_RUN)
         .await?;
     for session_id in stalled {
         summary.redriven += 1;
+        if let Some(queue) = deps.queue {
+            let event_id = deps
+                .ledger
+                .steps_of(&session_id)
+                .await?
+                .first()
+                .map(|s| s.event_id.clone());
+            let message = FulfilMessage {
+                session_id: session_id.clone(),
+                event_id: event_id.unwrap_or_default(),
+            };
+            match queue.enqueue(&message).await {
+                Ok(()) => summary.enqueued += 1,
+                Err(detail) => Line::warn("re-drive could not resume a purchase")
+                    .id("session_id", &session_id)
+                    .text("reason", &detail)
+                    .emit(deps.log),
+            }
+            continue;
+        }
         match engine::resume(deps, &session_id, deps.clock.now_ms()).await {
             Ok(report) if matches!(report.outcome, RunOutcome::Complete | RunOutcome::Failed) => {
                 summary.completed += 1
@@ -73,6 +100,7 @@ pub fn summary_line(summary: &Summary, duration_ms: u64) -> Line {
         .num("redriven", u64::from(summary.redriven))
         .num("completed", u64::from(summary.completed))
         .num("still_waiting", u64::from(summary.still_waiting))
+        .num("enqueued", u64::from(summary.enqueued))
         .num("pruned", u64::from(summary.pruned))
         .num("duration_ms", duration_ms)
 }

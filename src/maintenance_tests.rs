@@ -176,3 +176,109 @@ fn retention_prunes_old_events_but_keeps_unfinished_purchases_and_all_mappings()
     assert!(events.contains_key("evt_old_open") && events.contains_key("evt_recent"));
     assert!(ledger.purchase("cs_done").is_some() && ledger.purchase("cs_open").is_some());
 }
+
+mod queue_mode {
+    use super::*;
+    use crate::maintenance::QUEUE_IDLE_BEFORE_REDRIVE_MS;
+    use crate::queue::{decide, FulfilMessage, Verdict as QueueVerdict};
+
+    fn queued_world() -> World {
+        let world = world();
+        world.queue_mode.set(true);
+        world
+    }
+
+    #[test]
+    fn ingress_records_pending_steps_sends_one_message_and_calls_nothing() {
+        let world = queued_world();
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Accepted));
+        assert!(
+            world.upstream.calls.borrow().is_empty(),
+            "200 before any upstream call"
+        );
+        assert_eq!(
+            *world.queue.sent.borrow(),
+            vec![FulfilMessage {
+                session_id: "cs_1".into(),
+                event_id: "evt_1".into()
+            }]
+        );
+        assert_eq!(
+            world.ledger.step_row("cs_1", "license").unwrap().state,
+            StepState::Pending
+        );
+    }
+
+    #[test]
+    fn a_failed_send_answers_503_and_the_redelivery_sends_again() {
+        let world = queued_world();
+        world.queue.failing.set(true);
+        assert_eq!(deliver(&world), Verdict::Refused(Refusal::QueueUnavailable));
+        world.queue.failing.set(false);
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Accepted));
+        assert_eq!(world.queue.sent.borrow().len(), 1);
+    }
+
+    #[test]
+    fn once_the_consumer_finished_a_redelivery_is_a_quiet_duplicate() {
+        let world = queued_world();
+        deliver(&world);
+        let report = block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Complete);
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Duplicate));
+        assert_eq!(world.queue.sent.borrow().len(), 1, "nothing left to send");
+        // A duplicate message runs nothing twice.
+        block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    }
+
+    #[test]
+    fn attempts_that_run_out_fail_the_waiting_steps() {
+        let world = queued_world();
+        deliver(&world);
+        world
+            .upstream
+            .script(Svc::License, (0..6).map(|_| status(503)));
+        let max = world.config.max_attempts;
+        let mut verdicts = Vec::new();
+        for _ in 0..max {
+            let outcome =
+                block_on(resume(&world.deps(), "cs_1", world.clock.0.get())).map(|r| r.outcome);
+            let attempts = world.ledger.step_row("cs_1", "license").unwrap().attempts;
+            verdicts.push(decide(&outcome, attempts, max, 0.5));
+        }
+        assert!(matches!(verdicts[0], QueueVerdict::Retry(10)));
+        assert_eq!(verdicts.last(), Some(&QueueVerdict::Exhausted));
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == QueueVerdict::Exhausted)
+                .count(),
+            1
+        );
+        let failed = block_on(
+            world
+                .ledger
+                .fail_waiting("cs_1", "attempts exhausted", NOW_MS),
+        )
+        .unwrap();
+        assert_eq!(failed, vec!["license".to_string()]);
+        block_on(world.ledger.finish_purchase("cs_1", NOW_MS)).unwrap();
+        assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+    }
+
+    #[test]
+    fn the_scheduled_run_re_enqueues_only_after_the_longest_backoff() {
+        let world = queued_world();
+        deliver(&world);
+        world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
+        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 0);
+        world.clock.0.set(NOW_MS + QUEUE_IDLE_BEFORE_REDRIVE_MS + 1);
+        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 1);
+        assert_eq!(world.queue.sent.borrow().len(), 2);
+        assert!(
+            world.upstream.calls.borrow().is_empty(),
+            "queue mode re-drives through the queue"
+        );
+    }
+}

@@ -73,6 +73,7 @@ fn for_refusal(refusal: &Refusal) -> Reply {
             "this purchase is being fulfilled by another delivery; retry later",
         ),
         Refusal::Retry => Reply::error(503, "fulfilment is not complete yet; retry later"),
+        Refusal::QueueUnavailable => Reply::error(503, "temporarily unavailable, please retry"),
     }
 }
 
@@ -113,6 +114,7 @@ fn refusal_line(refusal: &Refusal) -> Line {
         }
         Refusal::Busy => Line::info("webhook deferred: purchase busy"),
         Refusal::Retry => Line::warn("webhook deferred: fulfilment incomplete"),
+        Refusal::QueueUnavailable => Line::error("webhook refused: queue unavailable"),
     };
     let line = line
         .label("status", "refused")

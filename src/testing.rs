@@ -193,6 +193,28 @@ pub fn full_config() -> Config {
     })
 }
 
+/// Records what ingress and the scheduled run send to the queue; can be told to fail.
+#[derive(Default)]
+pub struct FakeQueue {
+    pub sent: RefCell<Vec<crate::queue::FulfilMessage>>,
+    pub failing: Cell<bool>,
+}
+
+impl crate::queue::Enqueue for FakeQueue {
+    fn enqueue<'a>(
+        &'a self,
+        message: &'a crate::queue::FulfilMessage,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move {
+            if self.failing.get() {
+                return Err("queue unavailable".to_string());
+            }
+            self.sent.borrow_mut().push(message.clone());
+            Ok(())
+        })
+    }
+}
+
 /// Everything a test needs, owned; `deps()` lends it to the code under test.
 pub struct World {
     pub config: Config,
@@ -200,6 +222,9 @@ pub struct World {
     pub upstream: FakeUpstream,
     pub clock: std::rc::Rc<FakeClock>,
     pub log: MemorySink,
+    pub queue: FakeQueue,
+    /// Whether `deps()` hands out the queue (queue mode) or not (inline mode).
+    pub queue_mode: Cell<bool>,
 }
 
 impl World {
@@ -215,6 +240,8 @@ impl World {
             upstream,
             clock,
             log: MemorySink::default(),
+            queue: FakeQueue::default(),
+            queue_mode: Cell::new(false),
         }
     }
 
@@ -225,6 +252,10 @@ impl World {
             upstream: &self.upstream,
             clock: &self.clock,
             log: &self.log,
+            queue: self
+                .queue_mode
+                .get()
+                .then_some(&self.queue as &dyn crate::queue::Enqueue),
         }
     }
 }

@@ -4,9 +4,10 @@
 
 use crate::engine::{self, Deps, RunOutcome};
 use crate::event::{self, CheckoutSession, Event, EventError};
-use crate::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState};
+use crate::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState, StepState};
 use crate::log::{Line, Sink};
-use crate::plan::{self, Disposition};
+use crate::plan::{self, Disposition, Purchase};
+use crate::queue::{Enqueue, FulfilMessage};
 use crate::signature::{self, SignatureError};
 use crate::upstream::{Clock, Upstream};
 
@@ -59,6 +60,8 @@ pub enum Refusal {
     Busy,
     /// A step is not done yet and a retry can help (upstream down, slow, not configured).
     Retry,
+    /// Queue mode: the message could not be sent; Stripe must redeliver.
+    QueueUnavailable,
 }
 
 impl Refusal {
@@ -75,6 +78,7 @@ impl Refusal {
             Self::Unavailable(_) => "ledger_unavailable",
             Self::Busy => "purchase_busy",
             Self::Retry => "fulfilment_incomplete",
+            Self::QueueUnavailable => "queue_unavailable",
         }
     }
 }
@@ -236,6 +240,9 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         }
         Disposition::Fulfil => {
             let purchase = plan::purchase(event, session, deps.config);
+            if let Some(queue) = deps.queue {
+                return enqueue(deps, queue, &purchase, seen, decision).await;
+            }
             let report = engine::fulfil(deps, &purchase, started_ms).await?;
             decision.purchase_state = report.state;
             let idle_duplicate = seen && !report.ran;
@@ -248,6 +255,56 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             })
         }
     }
+}
+
+/// Queue mode: record the purchase and its pending steps, send one message while any
+/// step is unfinished (every redelivery re-sends: duplicates are harmless, a lost send
+/// is not), and answer 200 at once. A failed send answers 503 so Stripe redelivers.
+async fn enqueue<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    queue: &dyn Enqueue,
+    purchase: &Purchase,
+    seen: bool,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    let session_id = purchase.session_id();
+    engine::open(deps, purchase).await?;
+    let steps = deps.ledger.steps_of(session_id).await?;
+    let unfinished = steps
+        .iter()
+        .any(|s| matches!(s.state, StepState::Pending | StepState::Running));
+    if !unfinished {
+        decision.purchase_state = if steps.is_empty() {
+            Some(PurchaseState::NothingToFulfil)
+        } else {
+            deps.ledger
+                .finish_purchase(session_id, deps.clock.now_ms())
+                .await?
+        };
+        let failed = steps.iter().any(|s| s.state == StepState::Failed);
+        return Ok(Verdict::Recorded(match (seen, failed) {
+            (true, _) => Status::Duplicate,
+            (false, true) => Status::Failed,
+            (false, false) => Status::Accepted,
+        }));
+    }
+    let message = FulfilMessage {
+        session_id: session_id.to_string(),
+        event_id: purchase.event_id.clone(),
+    };
+    if let Err(detail) = queue.enqueue(&message).await {
+        Line::error("fulfilment queue send failed")
+            .id("session_id", session_id)
+            .text("detail", &detail)
+            .emit(deps.log);
+        return Ok(Verdict::Refused(Refusal::QueueUnavailable));
+    }
+    Line::info("fulfilment queued")
+        .id("session_id", session_id)
+        .id("event_id", &purchase.event_id)
+        .emit(deps.log);
+    decision.purchase_state = Some(PurchaseState::Fulfilling);
+    Ok(Verdict::Recorded(Status::Accepted))
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ fn literals_after(text: &str, prefix: &str) -> Vec<String> {
 fn messages_in_code() -> BTreeSet<String> {
     let mut messages = BTreeSet::new();
     for file in production_sources() {
-        for level in ["Line::info(", "Line::warn(", "Line::error("] {
+        for level in ["Line::info(", "Line::warn(", "Line::error(", "Line::alert("] {
             messages.extend(literals_after(&file, level));
         }
     }

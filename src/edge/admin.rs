@@ -219,6 +219,8 @@ async fn replay(
         upstream: &FetchUpstream,
         clock: &WorkerClock,
         log: &Console,
+        // A replay answers with the new state, so it runs inline even in queue mode.
+        queue: None,
     };
     let (status, outcome) = match engine::resume(&deps, id, started).await {
         Ok(report) => (

@@ -10,6 +10,7 @@ use worker::{
 
 pub mod admin;
 pub mod fetch;
+pub mod queue;
 
 use crate::config::Config;
 use crate::engine::Deps;
@@ -34,7 +35,7 @@ impl Sink for Console {
         match level {
             Level::Info => console_log!("{line}"),
             Level::Warn => console_warn!("{line}"),
-            Level::Error => console_error!("{line}"),
+            Level::Error | Level::Alert => console_error!("{line}"),
         }
     }
 }
@@ -94,12 +95,14 @@ async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
     let decision = match env.d1(DB_BINDING) {
         Ok(db) => {
             let ledger = D1Ledger::new(db);
+            let producer = queue::producer(&env);
             let deps = Deps {
                 config: &config,
                 ledger: &ledger,
                 upstream: &fetch::FetchUpstream,
                 clock: &fetch::WorkerClock,
                 log: &Console,
+                queue: producer.as_ref().map(|p| p as &dyn crate::queue::Enqueue),
             };
             webhook::handle(&deps, delivery, started).await
         }
@@ -156,12 +159,14 @@ pub async fn scheduled(env: Env) {
         }
     };
     let ledger = D1Ledger::new(db);
+    let producer = queue::producer(&env);
     let deps = Deps {
         config: &config,
         ledger: &ledger,
         upstream: &fetch::FetchUpstream,
         clock: &fetch::WorkerClock,
         log: &Console,
+        queue: producer.as_ref().map(|p| p as &dyn crate::queue::Enqueue),
     };
     match crate::maintenance::run(&deps).await {
         Ok(summary) => crate::maintenance::summary_line(&summary, now_ms().saturating_sub(started))

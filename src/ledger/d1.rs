@@ -345,6 +345,28 @@ impl Ledger for D1Ledger {
         Ok(changed as u32)
     }
 
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        const SQL: &str = "UPDATE steps SET state = 'failed', last_error = ?2, updated_at = ?3 \
+            WHERE session_id = ?1 AND state = 'pending' RETURNING step";
+        #[derive(Deserialize)]
+        struct Failed {
+            step: String,
+        }
+        let rows: Vec<Failed> = self
+            .all(
+                "fail_waiting",
+                SQL,
+                &[text(session_id), text(error), int(now_ms as i64)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.step).collect())
+    }
+
     async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
         const SQL: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
             WHERE e.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM purchases p \

@@ -226,6 +226,25 @@ impl Ledger for MemoryLedger {
         Ok(reset)
     }
 
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.check("fail_waiting")?;
+        let mut failed = Vec::new();
+        for ((id, step), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Pending {
+                row.state = StepState::Failed;
+                row.last_error = Some(error.to_string());
+                row.updated_at = now_ms;
+                failed.push(step.to_string());
+            }
+        }
+        Ok(failed)
+    }
+
     async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
         self.check("prune_events")?;
         let unfinished = |id: &Option<String>| {

@@ -226,6 +226,15 @@ pub trait Ledger {
         limit: u32,
     ) -> Result<Vec<String>, LedgerError>;
 
+    /// Fails every step of the purchase still pending once its attempts ran out (queue
+    /// mode), and returns their names.
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError>;
+
     /// Deletes up to `limit` events received before `before_ms`, except those of a
     /// purchase that is not finished (awaiting payment, fulfilling or failed). Purchases
     /// and steps (the license and shipment mappings) are never deleted. Returns the count.

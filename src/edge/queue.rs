@@ -1,0 +1,153 @@
+//! Glue of queue mode: the `FULFILLMENT_QUEUE` producer, and the consumer that runs
+//! each message's purchase through the engine and acks or retries it on its own.
+
+use worker::{js_sys, Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
+
+use super::fetch::{FetchUpstream, WorkerClock};
+use super::{load_config, now_ms, Console, DB_BINDING};
+use crate::engine::{self, Deps};
+use crate::ledger::d1::D1Ledger;
+use crate::ledger::{Ledger, StepState};
+use crate::log::Line;
+use crate::queue::{decide, Enqueue, FulfilMessage, Verdict};
+
+pub const QUEUE_BINDING: &str = "FULFILLMENT_QUEUE";
+
+pub struct QueueProducer(pub worker::Queue);
+
+impl Enqueue for QueueProducer {
+    fn enqueue<'a>(
+        &'a self,
+        message: &'a FulfilMessage,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move { self.0.send(message).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The producer, when this deployment binds one (queue mode).
+pub fn producer(env: &Env) -> Option<QueueProducer> {
+    env.queue(QUEUE_BINDING).ok().map(QueueProducer)
+}
+
+/// Runs every message of a batch; each is acked or retried by itself, so one bad or
+/// failing message never holds back the others.
+pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
+    let config = load_config(&env);
+    let db = match env.d1(DB_BINDING) {
+        Ok(db) => db,
+        Err(e) => {
+            Line::error("queue batch failed")
+                .text("detail", &e.to_string())
+                .emit(&Console);
+            batch.retry_all();
+            return;
+        }
+    };
+    let ledger = D1Ledger::new(db);
+    let deps = Deps {
+        config: &config,
+        ledger: &ledger,
+        upstream: &FetchUpstream,
+        clock: &WorkerClock,
+        log: &Console,
+        queue: None,
+    };
+    for message in batch.raw_iter() {
+        consume_one(&deps, &message).await;
+    }
+}
+
+fn decode(message: &RawMessage) -> Option<FulfilMessage> {
+    let text = js_sys::JSON::stringify(&message.body()).ok()?.as_string()?;
+    serde_json::from_str(&text).ok()
+}
+
+async fn consume_one(
+    deps: &Deps<'_, D1Ledger, FetchUpstream, WorkerClock, Console>,
+    message: &RawMessage,
+) {
+    let Some(body) = decode(message) else {
+        // Retrying cannot make it readable; the log says so and the message goes.
+        Line::error("queue message unreadable").emit(&Console);
+        message.ack();
+        return;
+    };
+    let started = now_ms();
+    let result = engine::resume(deps, &body.session_id, started).await;
+    let attempts = waiting_attempts(deps.ledger, &body.session_id).await;
+    let outcome = result.as_ref().map(|r| r.outcome).map_err(Clone::clone);
+    let verdict = decide(
+        &outcome,
+        attempts,
+        deps.config.max_attempts,
+        js_sys::Math::random(),
+    );
+    let line = Line::info("queue message handled")
+        .id("session_id", &body.session_id)
+        .id("event_id", &body.event_id)
+        .num("attempts", u64::from(attempts))
+        .num("duration_ms", now_ms().saturating_sub(started));
+    match verdict {
+        Verdict::Ack => {
+            message.ack();
+            line.label("verdict", "ack").emit(&Console);
+        }
+        Verdict::Retry(delay) => {
+            message.retry_with_options(
+                &QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(delay)
+                    .build(),
+            );
+            line.label("verdict", "retry")
+                .num("delay_secs", u64::from(delay))
+                .emit(&Console);
+        }
+        Verdict::Exhausted => exhausted(deps, &body, attempts, message).await,
+    }
+}
+
+/// The most attempts any step still waiting has had.
+async fn waiting_attempts(ledger: &D1Ledger, session_id: &str) -> u32 {
+    let rows = ledger.steps_of(session_id).await.unwrap_or_default();
+    rows.iter()
+        .filter(|r| matches!(r.state, StepState::Pending | StepState::Running))
+        .map(|r| r.attempts)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Attempts ran out: the waiting steps fail (with their last error), ops get an alert,
+/// and the message is retried once more so the queue moves it to the dead-letter queue.
+async fn exhausted(
+    deps: &Deps<'_, D1Ledger, FetchUpstream, WorkerClock, Console>,
+    body: &FulfilMessage,
+    attempts: u32,
+    message: &RawMessage,
+) {
+    let session_id = &body.session_id;
+    let rows = deps.ledger.steps_of(session_id).await.unwrap_or_default();
+    let last_error = rows
+        .iter()
+        .find(|r| r.state == StepState::Pending)
+        .and_then(|r| r.last_error.clone())
+        .unwrap_or_else(|| "unknown".into());
+    let now = now_ms();
+    let error = format!("attempts exhausted: {last_error}");
+    match deps.ledger.fail_waiting(session_id, &error, now).await {
+        Ok(steps) => {
+            let _ = deps.ledger.finish_purchase(session_id, now).await;
+            for step in steps {
+                Line::alert("fulfilment attempts exhausted")
+                    .id("session_id", session_id)
+                    .id("step", &step)
+                    .num("attempts", u64::from(attempts))
+                    .text("last_error", &last_error)
+                    .emit(&Console);
+            }
+        }
+        Err(e) => Line::error("queue batch failed")
+            .text("detail", &e.detail)
+            .emit(&Console),
+    }
+    message.retry();
+}

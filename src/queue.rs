@@ -1,0 +1,132 @@
+//! Queue mode, the pure part: the message, how the consumer decides between ack and
+//! retry, and the backoff.
+//!
+//! With a `FULFILLMENT_QUEUE` producer bound, ingress records the purchase's pending
+//! steps and sends one message per purchase, then answers 200 at once; the consumer
+//! (this same Worker) runs the same engine as inline mode through
+//! [`crate::engine::resume`]. Attempts are counted in the step rows (`steps.attempts`):
+//! workers-rs exposes no per-message attempt count, and the rows are what the ops API
+//! shows anyway.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{ResumeError, RunOutcome};
+use crate::upstream::StepError;
+
+/// One purchase to fulfil. Ids only: the consumer fetches the session from Stripe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FulfilMessage {
+    pub session_id: String,
+    pub event_id: String,
+}
+
+/// Sends messages to the fulfilment queue. Object-safe, so `Deps` carries it as an
+/// option without another type parameter.
+pub trait Enqueue {
+    fn enqueue<'a>(
+        &'a self,
+        message: &'a FulfilMessage,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+}
+
+/// First retry delay; doubles per attempt.
+pub const BACKOFF_BASE_SECS: u32 = 10;
+/// Longest delay between two attempts.
+pub const BACKOFF_MAX_SECS: u32 = 15 * 60;
+/// Delay before looking again at a purchase another consumer or delivery holds.
+pub const BUSY_DELAY_SECS: u32 = 15;
+
+/// Exponential backoff with ±20 % jitter (`jitter` in 0..1 from the runtime's RNG), so
+/// messages that failed together do not come back together.
+pub fn backoff_secs(attempts: u32, jitter: f64) -> u32 {
+    let exponent = attempts.saturating_sub(1).min(16);
+    let delay = (BACKOFF_BASE_SECS.saturating_mul(1 << exponent)).min(BACKOFF_MAX_SECS);
+    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    ((f64::from(delay) * factor).round() as u32).clamp(1, BACKOFF_MAX_SECS)
+}
+
+/// What the consumer does with a message after running its purchase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ack,
+    /// Run it again after this many seconds.
+    Retry(u32),
+    /// Attempts ran out: fail the waiting steps, raise the alert, and let the queue move
+    /// the message to the dead-letter queue.
+    Exhausted,
+}
+
+/// Decides from the run's result and the most attempts any waiting step has had.
+pub fn decide(
+    result: &Result<RunOutcome, ResumeError>,
+    attempts: u32,
+    max_attempts: u32,
+    jitter: f64,
+) -> Verdict {
+    match result {
+        Ok(RunOutcome::Complete | RunOutcome::Failed) => Verdict::Ack,
+        Ok(RunOutcome::Busy) => Verdict::Retry(BUSY_DELAY_SECS),
+        Ok(RunOutcome::Retry) if attempts >= max_attempts => Verdict::Exhausted,
+        Ok(RunOutcome::Retry) => Verdict::Retry(backoff_secs(attempts, jitter)),
+        // Nothing to run: an unknown purchase, or a session Stripe says does not exist.
+        Err(ResumeError::Unknown) | Err(ResumeError::Session(StepError::Permanent(_))) => {
+            Verdict::Ack
+        }
+        // Stripe or D1 unreachable, or a key missing: try again later.
+        Err(_) => Verdict::Retry(backoff_secs(attempts.max(1), jitter)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerError;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_to_fifteen_minutes_with_bounded_jitter() {
+        let mid: Vec<u32> = (1..=9).map(|a| backoff_secs(a, 0.5)).collect();
+        assert_eq!(mid, [10, 20, 40, 80, 160, 320, 640, 900, 900]);
+        assert_eq!(backoff_secs(1, 0.0), 8);
+        assert_eq!(backoff_secs(1, 1.0), 12);
+        assert_eq!(backoff_secs(40, 1.0), BACKOFF_MAX_SECS);
+    }
+
+    #[test]
+    fn the_consumer_acks_finished_purchases_and_retries_the_rest() {
+        assert_eq!(decide(&Ok(RunOutcome::Complete), 1, 6, 0.5), Verdict::Ack);
+        assert_eq!(decide(&Ok(RunOutcome::Failed), 1, 6, 0.5), Verdict::Ack);
+        assert_eq!(
+            decide(&Ok(RunOutcome::Busy), 1, 6, 0.5),
+            Verdict::Retry(BUSY_DELAY_SECS)
+        );
+        assert_eq!(
+            decide(&Ok(RunOutcome::Retry), 2, 6, 0.5),
+            Verdict::Retry(20)
+        );
+        assert_eq!(
+            decide(&Ok(RunOutcome::Retry), 6, 6, 0.5),
+            Verdict::Exhausted
+        );
+        assert_eq!(decide(&Err(ResumeError::Unknown), 0, 6, 0.5), Verdict::Ack);
+        let down = ResumeError::Ledger(LedgerError {
+            operation: "x",
+            detail: "y".into(),
+        });
+        assert_eq!(decide(&Err(down), 0, 6, 0.5), Verdict::Retry(10));
+    }
+
+    #[test]
+    fn messages_are_ids_only() {
+        let message = FulfilMessage {
+            session_id: "cs_1".into(),
+            event_id: "evt_1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&message).unwrap(),
+            r#"{"session_id":"cs_1","event_id":"evt_1"}"#
+        );
+    }
+}
