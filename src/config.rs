@@ -24,6 +24,7 @@ pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
 pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
 pub const FULFILLMENT_MAX_ATTEMPTS: &str = "FULFILLMENT_MAX_ATTEMPTS";
+pub const QUEUE_RETRY_BASE_SECS: &str = "QUEUE_RETRY_BASE_SECS";
 
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
@@ -110,6 +111,8 @@ pub struct Config {
     /// Queue mode: attempts per step before it is failed and the message dead-lettered.
     /// Keep it at the consumer's `max_retries` + 1 in wrangler.toml.
     pub max_attempts: u32,
+    /// Queue mode: the first retry delay, doubled per attempt up to 15 minutes.
+    pub retry_base_secs: u32,
     pub problems: Vec<Problem>,
 }
 
@@ -184,7 +187,15 @@ impl Config {
             1..=100,
             &mut problems,
         ) as u32;
+        let retry_base_secs = number(
+            QUEUE_RETRY_BASE_SECS,
+            get(QUEUE_RETRY_BASE_SECS),
+            10,
+            1..=900,
+            &mut problems,
+        ) as u32;
         Config {
+            retry_base_secs,
             max_attempts,
             admin_token: get(ADMIN_TOKEN).map(|t| Secret::new(t.trim())),
             retention_days,

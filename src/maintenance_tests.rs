@@ -245,7 +245,11 @@ mod queue_mode {
             let outcome =
                 block_on(resume(&world.deps(), "cs_1", world.clock.0.get())).map(|r| r.outcome);
             let attempts = world.ledger.step_row("cs_1", "license").unwrap().attempts;
-            verdicts.push(decide(&outcome, attempts, max, 0.5));
+            let policy = crate::queue::RetryPolicy {
+                max_attempts: max,
+                base_secs: 10,
+            };
+            verdicts.push(decide(&outcome, attempts, policy, 0.5));
         }
         assert!(matches!(verdicts[0], QueueVerdict::Retry(10)));
         assert_eq!(verdicts.last(), Some(&QueueVerdict::Exhausted));

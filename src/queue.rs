@@ -41,9 +41,9 @@ pub const BUSY_DELAY_SECS: u32 = 15;
 
 /// Exponential backoff with ±20 % jitter (`jitter` in 0..1 from the runtime's RNG), so
 /// messages that failed together do not come back together.
-pub fn backoff_secs(attempts: u32, jitter: f64) -> u32 {
+pub fn backoff_secs(base: u32, attempts: u32, jitter: f64) -> u32 {
     let exponent = attempts.saturating_sub(1).min(16);
-    let delay = (BACKOFF_BASE_SECS.saturating_mul(1 << exponent)).min(BACKOFF_MAX_SECS);
+    let delay = (base.saturating_mul(1 << exponent)).min(BACKOFF_MAX_SECS);
     let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
     ((f64::from(delay) * factor).round() as u32).clamp(1, BACKOFF_MAX_SECS)
 }
@@ -59,24 +59,35 @@ pub enum Verdict {
     Exhausted,
 }
 
+/// How the consumer retries: attempts before giving up, and the first backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_secs: u32,
+}
+
 /// Decides from the run's result and the most attempts any waiting step has had.
 pub fn decide(
     result: &Result<RunOutcome, ResumeError>,
     attempts: u32,
-    max_attempts: u32,
+    policy: RetryPolicy,
     jitter: f64,
 ) -> Verdict {
+    let RetryPolicy {
+        max_attempts,
+        base_secs,
+    } = policy;
     match result {
         Ok(RunOutcome::Complete | RunOutcome::Failed) => Verdict::Ack,
         Ok(RunOutcome::Busy) => Verdict::Retry(BUSY_DELAY_SECS),
         Ok(RunOutcome::Retry) if attempts >= max_attempts => Verdict::Exhausted,
-        Ok(RunOutcome::Retry) => Verdict::Retry(backoff_secs(attempts, jitter)),
+        Ok(RunOutcome::Retry) => Verdict::Retry(backoff_secs(base_secs, attempts, jitter)),
         // Nothing to run: an unknown purchase, or a session Stripe says does not exist.
         Err(ResumeError::Unknown) | Err(ResumeError::Session(StepError::Permanent(_))) => {
             Verdict::Ack
         }
         // Stripe or D1 unreachable, or a key missing: try again later.
-        Err(_) => Verdict::Retry(backoff_secs(attempts.max(1), jitter)),
+        Err(_) => Verdict::Retry(backoff_secs(base_secs, attempts.max(1), jitter)),
     }
 }
 
@@ -87,35 +98,51 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_ten_seconds_to_fifteen_minutes_with_bounded_jitter() {
-        let mid: Vec<u32> = (1..=9).map(|a| backoff_secs(a, 0.5)).collect();
+        let mid: Vec<u32> = (1..=9)
+            .map(|a| backoff_secs(BACKOFF_BASE_SECS, a, 0.5))
+            .collect();
         assert_eq!(mid, [10, 20, 40, 80, 160, 320, 640, 900, 900]);
-        assert_eq!(backoff_secs(1, 0.0), 8);
-        assert_eq!(backoff_secs(1, 1.0), 12);
-        assert_eq!(backoff_secs(40, 1.0), BACKOFF_MAX_SECS);
+        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 1, 0.0), 8);
+        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 1, 1.0), 12);
+        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 40, 1.0), BACKOFF_MAX_SECS);
     }
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 6,
+        base_secs: BACKOFF_BASE_SECS,
+    };
 
     #[test]
     fn the_consumer_acks_finished_purchases_and_retries_the_rest() {
-        assert_eq!(decide(&Ok(RunOutcome::Complete), 1, 6, 0.5), Verdict::Ack);
-        assert_eq!(decide(&Ok(RunOutcome::Failed), 1, 6, 0.5), Verdict::Ack);
         assert_eq!(
-            decide(&Ok(RunOutcome::Busy), 1, 6, 0.5),
+            decide(&Ok(RunOutcome::Complete), 1, POLICY, 0.5),
+            Verdict::Ack
+        );
+        assert_eq!(
+            decide(&Ok(RunOutcome::Failed), 1, POLICY, 0.5),
+            Verdict::Ack
+        );
+        assert_eq!(
+            decide(&Ok(RunOutcome::Busy), 1, POLICY, 0.5),
             Verdict::Retry(BUSY_DELAY_SECS)
         );
         assert_eq!(
-            decide(&Ok(RunOutcome::Retry), 2, 6, 0.5),
+            decide(&Ok(RunOutcome::Retry), 2, POLICY, 0.5),
             Verdict::Retry(20)
         );
         assert_eq!(
-            decide(&Ok(RunOutcome::Retry), 6, 6, 0.5),
+            decide(&Ok(RunOutcome::Retry), 6, POLICY, 0.5),
             Verdict::Exhausted
         );
-        assert_eq!(decide(&Err(ResumeError::Unknown), 0, 6, 0.5), Verdict::Ack);
+        assert_eq!(
+            decide(&Err(ResumeError::Unknown), 0, POLICY, 0.5),
+            Verdict::Ack
+        );
         let down = ResumeError::Ledger(LedgerError {
             operation: "x",
             detail: "y".into(),
         });
-        assert_eq!(decide(&Err(down), 0, 6, 0.5), Verdict::Retry(10));
+        assert_eq!(decide(&Err(down), 0, POLICY, 0.5), Verdict::Retry(10));
     }
 
     #[test]

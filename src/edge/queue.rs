@@ -9,7 +9,7 @@ use crate::engine::{self, Deps};
 use crate::ledger::d1::D1Ledger;
 use crate::ledger::{Ledger, StepState};
 use crate::log::Line;
-use crate::queue::{decide, Enqueue, FulfilMessage, Verdict};
+use crate::queue::{decide, Enqueue, FulfilMessage, RetryPolicy, Verdict};
 
 pub const QUEUE_BINDING: &str = "FULFILLMENT_QUEUE";
 
@@ -32,6 +32,9 @@ pub fn producer(env: &Env) -> Option<QueueProducer> {
 /// Runs every message of a batch; each is acked or retried by itself, so one bad or
 /// failing message never holds back the others.
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
+    if batch.queue().ends_with(DEAD_LETTER_SUFFIX) {
+        return dead_letters(&batch);
+    }
     let config = load_config(&env);
     let db = match env.d1(DB_BINDING) {
         Ok(db) => db,
@@ -57,6 +60,22 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
     }
 }
 
+/// Queues whose name ends with this are dead-letter queues.
+pub const DEAD_LETTER_SUFFIX: &str = "-dlq";
+
+/// Optional: when this Worker also consumes the dead-letter queue, every dead letter
+/// raises an alert and is acked. The ledger already holds the failed state, and
+/// `POST /admin/purchases/{id}/replay` mends it, so the message itself is not needed.
+fn dead_letters(batch: &MessageBatch<serde_json::Value>) {
+    for message in batch.raw_iter() {
+        let body = decode(&message);
+        Line::alert("fulfilment dead-lettered")
+            .opt_id("session_id", body.as_ref().map(|b| b.session_id.as_str()))
+            .emit(&Console);
+        message.ack();
+    }
+}
+
 fn decode(message: &RawMessage) -> Option<FulfilMessage> {
     let text = js_sys::JSON::stringify(&message.body()).ok()?.as_string()?;
     serde_json::from_str(&text).ok()
@@ -76,12 +95,11 @@ async fn consume_one(
     let result = engine::resume(deps, &body.session_id, started).await;
     let attempts = waiting_attempts(deps.ledger, &body.session_id).await;
     let outcome = result.as_ref().map(|r| r.outcome).map_err(Clone::clone);
-    let verdict = decide(
-        &outcome,
-        attempts,
-        deps.config.max_attempts,
-        js_sys::Math::random(),
-    );
+    let policy = RetryPolicy {
+        max_attempts: deps.config.max_attempts,
+        base_secs: deps.config.retry_base_secs,
+    };
+    let verdict = decide(&outcome, attempts, policy, js_sys::Math::random());
     let line = Line::info("queue message handled")
         .id("session_id", &body.session_id)
         .id("event_id", &body.event_id)
