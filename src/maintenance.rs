@@ -9,7 +9,11 @@ use crate::engine::{self, Deps, ResumeError, RunOutcome};
 use crate::ledger::{Ledger, LedgerError};
 use crate::log::{Line, Sink};
 use crate::queue::FulfilMessage;
+use crate::reply;
+use crate::stripe_api::StripeApi;
+use crate::upstream::Deadline;
 use crate::upstream::{Clock, Upstream};
+use crate::webhook::{self, Refusal, Seen, Status, Verdict as WebhookVerdict};
 
 /// Purchases re-driven per run, so a run stays within the scheduled handler's limits
 /// (each takes at most one delivery budget, 9 s).
@@ -31,14 +35,29 @@ pub struct Summary {
     pub still_waiting: u32,
     /// Queue mode: purchases handed back to the queue.
     pub enqueued: u32,
+    /// Events listed from the Stripe API that the ledger had never seen, now ingested.
+    pub reconciled: u32,
     pub pruned: u32,
 }
+
+/// The cursor of reconciliation: Stripe `created` (unix seconds) listed up to.
+pub const RECONCILE_CURSOR: &str = "reconciled_until";
+/// The first run looks back over Stripe's 3-day retry window.
+pub const RECONCILE_FIRST_LOOKBACK_SECS: i64 = 3 * 86_400;
+/// Each run lists again this far before the cursor: an event created just before the
+/// last listing may only become listable a little later.
+pub const RECONCILE_OVERLAP_SECS: i64 = 600;
+/// Pages of 100 events listed per run; a longer window is finished by later runs.
+pub const RECONCILE_MAX_PAGES: usize = 50;
 
 pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
 ) -> Result<Summary, LedgerError> {
     let now = deps.clock.now_ms();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        reconciled: reconcile(deps).await?,
+        ..Summary::default()
+    };
     let idle = if deps.queue.is_some() {
         QUEUE_IDLE_BEFORE_REDRIVE_MS
     } else {
@@ -94,6 +113,86 @@ pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     Ok(summary)
 }
 
+/// Lists the Checkout events Stripe created since the last run (all pages, bounded)
+/// and ingests those the ledger has never seen, oldest first, so an outage of this
+/// endpoint loses no purchase. Needs `STRIPE_API_KEY`; without it, does nothing.
+/// The cursor moves only after a complete listing, so a failed or truncated run is
+/// listed again by the next one.
+async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+) -> Result<u32, LedgerError> {
+    let Some(key) = deps.config.stripe_api_key.as_ref() else {
+        return Ok(0);
+    };
+    let stripe = StripeApi {
+        base: &deps.config.stripe_api_base,
+        key,
+    };
+    let listed_at = (deps.clock.now_ms() / 1000) as i64;
+    let since = match deps.ledger.cursor(RECONCILE_CURSOR).await? {
+        Some(until) => until - RECONCILE_OVERLAP_SECS,
+        None => listed_at - RECONCILE_FIRST_LOOKBACK_SECS,
+    };
+    let deadline = Deadline::new(deps.clock.now_ms(), deps.config.upstream_timeout_ms);
+    let mut events = Vec::new();
+    let mut after: Option<String> = None;
+    let mut complete = false;
+    for _ in 0..RECONCILE_MAX_PAGES {
+        let page = match stripe
+            .checkout_events_page(deps.upstream, deps.clock, deadline, since, after.as_deref())
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                Line::warn("reconciliation could not list events")
+                    .text("reason", &e.message())
+                    .emit(deps.log);
+                return Ok(0);
+            }
+        };
+        after = page.data.last().and_then(|raw| event_id(raw.get()));
+        events.extend(page.data);
+        if !page.has_more || after.is_none() {
+            complete = true;
+            break;
+        }
+    }
+    let mut ingested = 0;
+    for raw in events.iter().rev() {
+        let decision =
+            webhook::ingest(deps, raw.get().as_bytes(), deps.clock.now_ms(), Seen::Skip).await;
+        match &decision.verdict {
+            WebhookVerdict::Recorded(Status::Duplicate) => continue,
+            WebhookVerdict::Refused(Refusal::Unavailable(e)) => return Err(e.clone()),
+            _ => {}
+        }
+        ingested += 1;
+        reply::decision_line(&decision, 0).emit(deps.log);
+        Line::warn("reconciled an event never delivered")
+            .opt_id("event_id", decision.event_id.as_deref())
+            .opt_id("session_id", decision.object_id.as_deref())
+            .emit(deps.log);
+    }
+    if complete {
+        deps.ledger
+            .advance_cursor(RECONCILE_CURSOR, listed_at, deps.clock.now_ms())
+            .await?;
+    } else {
+        Line::warn("reconciliation window truncated")
+            .num("listed", events.len() as u64)
+            .emit(deps.log);
+    }
+    Ok(ingested)
+}
+
+fn event_id(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_str::<Id>(raw).ok().map(|e| e.id)
+}
+
 /// The one log line of a scheduled run.
 pub fn summary_line(summary: &Summary, duration_ms: u64) -> Line {
     Line::info("scheduled run")
@@ -101,6 +200,7 @@ pub fn summary_line(summary: &Summary, duration_ms: u64) -> Line {
         .num("completed", u64::from(summary.completed))
         .num("still_waiting", u64::from(summary.still_waiting))
         .num("enqueued", u64::from(summary.enqueued))
+        .num("reconciled", u64::from(summary.reconciled))
         .num("pruned", u64::from(summary.pruned))
         .num("duration_ms", duration_ms)
 }

@@ -281,8 +281,113 @@ mod queue_mode {
         assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 1);
         assert_eq!(world.queue.sent.borrow().len(), 2);
         assert!(
-            world.upstream.calls.borrow().is_empty(),
+            world.upstream.calls_to(Svc::License).is_empty()
+                && world.upstream.calls_to(Svc::Shipping).is_empty(),
             "queue mode re-drives through the queue"
         );
+    }
+}
+
+mod reconciliation {
+    use super::*;
+    use crate::maintenance::{RECONCILE_CURSOR, RECONCILE_FIRST_LOOKBACK_SECS};
+
+    fn list(events: &[String], has_more: bool) -> String {
+        format!(
+            r#"{{"object":"list","has_more":{has_more},"data":[{}]}}"#,
+            events.join(",")
+        )
+    }
+
+    fn listed_event(id: &str, session: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","object":"event","type":"checkout.session.completed","livemode":false,"created":1699999000,
+               "data":{{"object":{{"id":"{session}","object":"checkout.session","payment_status":"paid","metadata":{{"slug":"pro"}}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn an_event_never_delivered_is_ingested_and_fulfilled_once() {
+        let world = world();
+        world
+            .upstream
+            .event_pages
+            .replace(vec![list(&[listed_event("evt_lost", "cs_lost")], false)]);
+        let summary = block_on(run(&world.deps())).unwrap();
+        assert_eq!(summary.reconciled, 1);
+        assert!(world.ledger.events.borrow().contains_key("evt_lost"));
+        assert_eq!(
+            world.ledger.purchase("cs_lost"),
+            Some(PurchaseState::Fulfilled)
+        );
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        let listing = &world.upstream.calls_to(Svc::Events)[0].url;
+        let since = (NOW_MS / 1000) as i64 - RECONCILE_FIRST_LOOKBACK_SECS;
+        assert!(
+            listing.contains(&format!("created%5Bgte%5D={since}")),
+            "{listing}"
+        );
+        assert!(listing.contains("types%5B%5D=checkout.session.async_payment_succeeded"));
+        assert_eq!(
+            world.ledger.cursors.borrow().get(RECONCILE_CURSOR),
+            Some(&((NOW_MS / 1000) as i64))
+        );
+
+        // Listed again by the next run (overlap): not ingested twice.
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        assert!(world
+            .log
+            .joined()
+            .contains("reconciled an event never delivered"));
+    }
+
+    #[test]
+    fn events_already_in_the_ledger_are_left_to_their_deliveries() {
+        let world = world();
+        world.upstream.script(Svc::License, [status(503)]);
+        assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
+        world
+            .upstream
+            .event_pages
+            .replace(vec![list(&[paid_event()], false)]);
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(
+            world.upstream.calls_to(Svc::License).len(),
+            1,
+            "a seen event is skipped"
+        );
+    }
+
+    #[test]
+    fn every_page_is_listed_and_a_failed_listing_keeps_the_cursor() {
+        let world = world();
+        world.upstream.event_pages.replace(vec![
+            list(&[listed_event("evt_b", "cs_b")], true),
+            list(&[listed_event("evt_a", "cs_a")], false),
+        ]);
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 2);
+        assert!(world.upstream.calls_to(Svc::Events)[1]
+            .url
+            .ends_with("&starting_after=evt_b"));
+
+        let failing = super::world();
+        failing.upstream.script(Svc::Events, [status(500)]);
+        assert_eq!(block_on(run(&failing.deps())).unwrap().reconciled, 0);
+        assert!(failing.ledger.cursors.borrow().is_empty());
+        assert!(failing
+            .log
+            .joined()
+            .contains("reconciliation could not list events"));
+    }
+
+    #[test]
+    fn without_a_stripe_key_nothing_is_listed() {
+        let world = World::new(crate::config::Config {
+            stripe_api_key: None,
+            ..full_config()
+        });
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert!(world.upstream.calls.borrow().is_empty());
     }
 }

@@ -30,6 +30,13 @@ pub struct OrderLine {
     pub currency: Option<String>,
 }
 
+/// A page of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsPage {
+    pub data: Vec<Box<serde_json::value::RawValue>>,
+    pub has_more: bool,
+}
+
 #[derive(Deserialize)]
 struct Page {
     data: Vec<RawLineItem>,
@@ -99,6 +106,30 @@ impl StripeApi<'_> {
         serde_json::from_slice(&body).map_err(|_| {
             StepError::Permanent("Stripe API sent an unreadable Checkout Session".into())
         })
+    }
+
+    /// One page of Checkout events created at or after `since` (unix seconds), newest
+    /// first as Stripe lists them. Each event is kept as raw JSON for ingestion.
+    pub async fn checkout_events_page(
+        &self,
+        upstream: &impl Upstream,
+        clock: &impl Clock,
+        deadline: Deadline,
+        since: i64,
+        starting_after: Option<&str>,
+    ) -> Result<EventsPage, StepError> {
+        let mut path = format!(
+            "/v1/events?limit={PAGE_SIZE}&created%5Bgte%5D={since}\
+             &types%5B%5D=checkout.session.completed\
+             &types%5B%5D=checkout.session.async_payment_succeeded\
+             &types%5B%5D=checkout.session.async_payment_failed"
+        );
+        if let Some(id) = starting_after {
+            path.push_str(&format!("&starting_after={}", path_segment(id)?));
+        }
+        let body = call(upstream, clock, deadline, Service::Stripe, self.get(path)).await?;
+        serde_json::from_slice(&body)
+            .map_err(|_| StepError::Permanent("Stripe API sent an unreadable event list".into()))
     }
 
     /// Every line item of a session, following `has_more` page by page.

@@ -42,6 +42,8 @@ pub enum Svc {
     LineItems,
     /// `GET /v1/checkout/sessions/{id}` (replays and re-drives).
     Session,
+    /// `GET /v1/events` (reconciliation).
+    Events,
 }
 
 pub type Answer = Result<HttpResponse, TransportError>;
@@ -55,6 +57,8 @@ pub struct FakeUpstream {
     pub payment_intent: RefCell<Option<String>>,
     /// The Checkout Session the Stripe API returns (replays and re-drives).
     pub session: RefCell<Option<String>>,
+    /// Pages of `GET /v1/events`: the first, then the one after `starting_after`.
+    pub event_pages: RefCell<Vec<String>>,
     /// When set, every call yields once to the executor, so joined deliveries interleave.
     pub yield_in_calls: Cell<bool>,
     /// Advances the clock by this much on every call (a slow upstream).
@@ -112,6 +116,14 @@ impl FakeUpstream {
                 .borrow()
                 .as_deref()
                 .unwrap_or(r#"{"id":"pi_1","shipping":null}"#)),
+            Svc::Events => {
+                let pages = self.event_pages.borrow();
+                let page = usize::from(request.url.contains("starting_after"));
+                ok(pages
+                    .get(page)
+                    .map(String::as_str)
+                    .unwrap_or(r#"{"object":"list","data":[],"has_more":false}"#))
+            }
             Svc::Session => match self.session.borrow().as_deref() {
                 Some(session) => ok(session),
                 None => status(404),
@@ -139,6 +151,8 @@ fn service_of(url: &str) -> Svc {
         Svc::LineItems
     } else if url.contains("/payment_intents/") {
         Svc::PaymentIntent
+    } else if url.contains("/v1/events") {
+        Svc::Events
     } else if url.contains("/v1/checkout/sessions/") {
         Svc::Session
     } else {

@@ -133,7 +133,28 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     ) {
         return Decision::refused(Refusal::BadSignature(e));
     }
-    let event = match event::decode(delivery.body) {
+    ingest(deps, delivery.body, started_ms, Seen::Continue).await
+}
+
+/// What to do with an event the ledger already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Carry on with its purchase (a redelivery finishes what an earlier one left).
+    Continue,
+    /// Stop there (reconciliation ingests only events never seen).
+    Skip,
+}
+
+/// Records and acts on an event whose authenticity is established: a verified
+/// delivery, or an event read from the Stripe API with our key (reconciliation).
+pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    body: &[u8],
+    started_ms: u64,
+    seen: Seen,
+) -> Decision {
+    let config = deps.config;
+    let event = match event::decode(body) {
         Ok(event) => event,
         Err(e) => return Decision::refused(Refusal::NotAnEvent(e)),
     };
@@ -164,6 +185,10 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             return decision;
         }
     };
+    if claim == Claim::Seen && seen == Seen::Skip {
+        decision.verdict = Verdict::Recorded(Status::Duplicate);
+        return decision;
+    }
     decision.verdict = match act(
         deps,
         &event,

@@ -367,6 +367,34 @@ impl Ledger for D1Ledger {
         Ok(rows.into_iter().map(|r| r.step).collect())
     }
 
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: f64,
+        }
+        let row: Option<Row> = self
+            .first(
+                "cursor",
+                "SELECT value FROM cursors WHERE name = ?1",
+                &[text(name)],
+            )
+            .await?;
+        Ok(row.map(|r| r.value as i64))
+    }
+
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const SQL: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
+            ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+            WHERE excluded.value > cursors.value";
+        let args = [text(name), int(value), int(now_ms as i64)];
+        self.run("advance_cursor", SQL, &args).await.map(drop)
+    }
+
     async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
         const SQL: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
             WHERE e.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM purchases p \

@@ -14,6 +14,7 @@ pub struct MemoryLedger {
     pub events: RefCell<BTreeMap<String, EventRecord>>,
     pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
     pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
+    pub cursors: RefCell<BTreeMap<&'static str, i64>>,
     /// When set, every call fails as an unavailable database would.
     pub unavailable: Cell<bool>,
 }
@@ -243,6 +244,24 @@ impl Ledger for MemoryLedger {
             }
         }
         Ok(failed)
+    }
+
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError> {
+        self.check("cursor")?;
+        Ok(self.cursors.borrow().get(name).copied())
+    }
+
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("advance_cursor")?;
+        let mut cursors = self.cursors.borrow_mut();
+        let current = cursors.entry(name).or_insert(value);
+        *current = (*current).max(value);
+        Ok(())
     }
 
     async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {

@@ -235,6 +235,17 @@ pub trait Ledger {
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError>;
 
+    /// A position kept between scheduled runs (see migrations/0004_cursors.sql).
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError>;
+
+    /// Moves a cursor forward; never back, so overlapping runs cannot regress it.
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
     /// Deletes up to `limit` events received before `before_ms`, except those of a
     /// purchase that is not finished (awaiting payment, fulfilling or failed). Purchases
     /// and steps (the license and shipment mappings) are never deleted. Returns the count.
