@@ -42,15 +42,17 @@ pub trait Sink {
 #[derive(Debug, Clone)]
 pub struct Line {
     level: Level,
+    msg: &'static str,
     fields: Map<String, Value>,
 }
 
 impl Line {
     pub fn new(level: Level, msg: &'static str) -> Self {
-        let mut fields = Map::new();
-        fields.insert("level".into(), level.as_str().into());
-        fields.insert("msg".into(), msg.into());
-        Self { level, fields }
+        Self {
+            level,
+            msg,
+            fields: Map::new(),
+        }
     }
 
     pub fn info(msg: &'static str) -> Self {
@@ -124,8 +126,15 @@ impl Line {
         self
     }
 
+    /// `level` and `msg` first, so a line reads well in a terminal; the other fields
+    /// follow in key order.
     pub fn to_json(&self) -> String {
-        Value::Object(self.fields.clone()).to_string()
+        let head = format!(r#"{{"level":"{}","msg":{}"#, self.level.as_str(), Value::from(self.msg));
+        if self.fields.is_empty() {
+            return head + "}";
+        }
+        let rest = Value::Object(self.fields.clone()).to_string();
+        format!("{head},{}", &rest[1..])
     }
 
     pub fn emit(&self, sink: &impl Sink) {
@@ -225,6 +234,13 @@ mod tests {
         assert_eq!(value["event_id"], "evt_1");
         assert_eq!(value["duration_ms"], 3);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn level_and_msg_come_first() {
+        let line = Line::warn("step busy").id("a_first_key", "x").to_json();
+        assert!(line.starts_with(r#"{"level":"warn","msg":"step busy","a_first_key""#), "{line}");
+        assert_eq!(Line::info("bare").to_json(), r#"{"level":"info","msg":"bare"}"#);
     }
 
     #[test]
