@@ -29,6 +29,10 @@ phase "cargo test"
 cargo test
 phase_done
 
+phase "fuzz smoke (scripts/fuzz.sh, ${FUZZ_SECS:-10} s per target)"
+FUZZ_SECS="${FUZZ_SECS:-10}" bash scripts/fuzz.sh
+phase_done
+
 phase "build (scripts/build.sh)"
 bash scripts/build.sh
 phase_done
@@ -46,6 +50,14 @@ for f in build/index_bg.wasm build/index.js build/worker/shim.mjs; do
   total_raw=$((total_raw + raw)); total_gz=$((total_gz + gz))
 done
 size_line "total" "$total_raw" "$total_gz"
+# The budget: the whole upload gzipped. Workers allows 3 MB on Free, but size is cold
+# start; a minimal workers-rs Worker with D1, queue and HMAC is ~197 KB here.
+BUDGET_GZ_BYTES=$((300 * 1024))
+if (( total_gz > BUDGET_GZ_BYTES )); then
+  echo "bundle over budget: ${total_gz} B gzipped > ${BUDGET_GZ_BYTES} B (scripts/test.sh)" >&2
+  exit 1
+fi
+echo "budget: $((total_gz * 100 / BUDGET_GZ_BYTES)) % of $((BUDGET_GZ_BYTES / 1024)) KiB gzipped"
 phase_done
 
 phase "wrangler deploy --dry-run (every environment in wrangler.toml)"
