@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { startWorker } from './support/worker.mjs';
+import { WEBHOOK_PATH, checkoutSession, deliver, event, now, readResponse, rid, sign } from './support/stripe.mjs';
 
 // The documented answer, exactly; `purchase_state` may be added for checkout events
 // (what became of the purchase), and must then be one of the ledger's states.
@@ -15,7 +16,6 @@ function assertRecorded(json, eventId, status) {
   assert.deepEqual(documented, { received: true, event_id: eventId, status });
   if (state !== undefined) assert.ok(PURCHASE_STATES.includes(state), `purchase_state ${state}`);
 }
-import { WEBHOOK_PATH, checkoutSession, deliver, event, now, readResponse, rid, sign } from './support/stripe.mjs';
 
 const TOLERANCE = 300;
 const MAX_BODY_BYTES = 65_536;

@@ -52,6 +52,7 @@ export async function startStandin() {
   let idempotency = { license: new Map(), shipping: new Map() };
   let lineItems = new Map(); // sessionId -> { items, pageSize }
   let paymentIntents = new Map();
+  let events = []; // Stripe event objects, newest first as GET /v1/events lists them
 
   const server = createServer((req, res) => {
     const chunks = [];
@@ -94,6 +95,7 @@ export async function startStandin() {
       method: req.method,
       path: u.pathname,
       query: Object.fromEntries(u.searchParams),
+      search: u.search, // the raw query, for repeated keys such as types[]
       headers: Object.fromEntries(Object.entries(req.headers).map(([k, v]) => [k.toLowerCase(), v])),
       body,
       at: Date.now(),
@@ -203,6 +205,13 @@ export async function startStandin() {
       if (!pi) return [404, stripeError(404, `No such payment_intent: '${id}'`, { code: 'resource_missing', param: 'intent' })];
       return [200, pi];
     }
+    if (u.pathname === '/stripe/v1/events') {
+      // Filtered by created[gte] and types[] as Stripe does, then paginated.
+      const since = Number(u.searchParams.get('created[gte]') ?? 0);
+      const types = u.searchParams.getAll('types[]');
+      const items = events.filter((e) => e.created >= since && (types.length === 0 || types.includes(e.type)));
+      return list({ items, pageSize: 100 }, u, '/v1/events');
+    }
     return [404, stripeError(404, `Unrecognized request URL (GET: ${u.pathname.replace(/^\/stripe/, '')}).`)];
   }
 
@@ -265,6 +274,7 @@ export async function startStandin() {
       idempotency = { license: new Map(), shipping: new Map() };
       lineItems = new Map();
       paymentIntents = new Map();
+      events = [];
     },
     failNext(service, n = 1, status = 500) { queueFault(service, n, { kind: 'fail', status }); },
     hangNext(service, n = 1) { queueFault(service, n, { kind: 'hang' }); },
@@ -275,6 +285,8 @@ export async function startStandin() {
       lineItems.set(sessionId, { items: items.map((it) => ({ ...it })), pageSize });
     },
     setPaymentIntent(id, object) { paymentIntents.set(id, { id, object: 'payment_intent', ...object }); },
+    /** Events GET /v1/events lists (give them newest first, as Stripe lists them). */
+    setEvents(list) { events = list.map((e) => ({ ...e })); },
     /** Licenses actually issued: [{license_key, idempotency_key, request, at}]. */
     licensesIssued: () => licenses.slice(),
     /** Shipments actually created: [{shipment_id, idempotency_key, request, at}]. */
