@@ -35,12 +35,20 @@ fn verification(c: &mut Criterion) {
         let body = event_of_size(kb * 1024);
         let header = sign_header(SECRET, T, &body);
         group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_with_input(BenchmarkId::new("verify_at", format!("{kb}KB")), &body, |b, body| {
-            b.iter(|| verify_at(Some(black_box(&header)), black_box(body), &[SECRET], 300, T).unwrap())
-        });
-        group.bench_with_input(BenchmarkId::new("raw_hmac_ceiling", format!("{kb}KB")), &body, |b, body| {
-            b.iter(|| raw_hmac(black_box(body)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("verify_at", format!("{kb}KB")),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    verify_at(Some(black_box(&header)), black_box(body), &[SECRET], 300, T).unwrap()
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("raw_hmac_ceiling", format!("{kb}KB")),
+            &body,
+            |b, body| b.iter(|| raw_hmac(black_box(body))),
+        );
     }
     group.finish();
 }
@@ -50,12 +58,16 @@ fn decoding(c: &mut Criterion) {
     for kb in [1usize, 10, 100] {
         let body = event_of_size(kb * 1024);
         group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_with_input(BenchmarkId::new("envelope_and_session", format!("{kb}KB")), &body, |b, body| {
-            b.iter(|| {
-                let event = decode(black_box(body)).unwrap();
-                event.checkout_session().unwrap()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("envelope_and_session", format!("{kb}KB")),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    let event = decode(black_box(body)).unwrap();
+                    event.checkout_session().unwrap()
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -129,7 +129,11 @@ impl Line {
     /// `level` and `msg` first, so a line reads well in a terminal; the other fields
     /// follow in key order.
     pub fn to_json(&self) -> String {
-        let head = format!(r#"{{"level":"{}","msg":{}"#, self.level.as_str(), Value::from(self.msg));
+        let head = format!(
+            r#"{{"level":"{}","msg":{}"#,
+            self.level.as_str(),
+            Value::from(self.msg)
+        );
         if self.fields.is_empty() {
             return head + "}";
         }
@@ -239,8 +243,14 @@ mod tests {
     #[test]
     fn level_and_msg_come_first() {
         let line = Line::warn("step busy").id("a_first_key", "x").to_json();
-        assert!(line.starts_with(r#"{"level":"warn","msg":"step busy","a_first_key""#), "{line}");
-        assert_eq!(Line::info("bare").to_json(), r#"{"level":"info","msg":"bare"}"#);
+        assert!(
+            line.starts_with(r#"{"level":"warn","msg":"step busy","a_first_key""#),
+            "{line}"
+        );
+        assert_eq!(
+            Line::info("bare").to_json(),
+            r#"{"level":"info","msg":"bare"}"#
+        );
     }
 
     #[test]
