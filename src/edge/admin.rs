@@ -4,11 +4,10 @@
 use serde_json::{json, Value};
 use worker::{Env, Request, Response, Result};
 
-use super::fetch::{FetchUpstream, WorkerClock};
-use super::{now_ms, respond_json, Console, DB_BINDING};
+use super::{now_ms, respond_json, Console, Runtime};
 use crate::admin::{self, AdminRefusal, AdminRoute, ListQuery, StateFilter, STUCK_AFTER_MS};
 use crate::config::Config;
-use crate::engine::{self, Deps, ResumeError, RunOutcome};
+use crate::engine::{self, ResumeError, RunOutcome};
 use crate::ledger::d1::{int, text, D1Ledger};
 use crate::ledger::{Ledger, LedgerError};
 use crate::log::Line;
@@ -29,8 +28,8 @@ pub async fn handle(req: Request, env: Env, config: &Config) -> Result<Response>
         Ok(route) => route,
         Err(refusal) => return refused(refusal, Some(&fingerprint)),
     };
-    let ledger = D1Ledger::new(env.d1(DB_BINDING)?);
-    let (status, body) = match run(&route, &ledger, config, started).await {
+    let runtime = Runtime::bind(&env, config.clone())?;
+    let (status, body) = match run(&route, &runtime, started).await {
         Ok(answer) => answer,
         Err(e) => {
             Line::error("admin call failed")
@@ -77,15 +76,15 @@ fn refused(refusal: AdminRefusal, who: Option<&str>) -> Result<Response> {
 
 async fn run(
     route: &AdminRoute,
-    ledger: &D1Ledger,
-    config: &Config,
+    runtime: &Runtime,
     started: u64,
 ) -> std::result::Result<(u16, Value), LedgerError> {
+    let ledger = &runtime.ledger;
     match route {
         AdminRoute::Event(id) => event(ledger, id).await,
         AdminRoute::Purchase(id) => purchase(ledger, id).await,
         AdminRoute::ListPurchases(query) => list(ledger, query, started).await,
-        AdminRoute::Replay(id) => replay(ledger, config, id, started).await,
+        AdminRoute::Replay(id) => replay(runtime, id, started).await,
     }
 }
 
@@ -215,21 +214,14 @@ async fn list(
 /// Re-runs the steps that are not done (failed ones are set back to pending first);
 /// done steps stay done. Answers with the purchase's new state.
 async fn replay(
-    ledger: &D1Ledger,
-    config: &Config,
+    runtime: &Runtime,
     id: &str,
     started: u64,
 ) -> std::result::Result<(u16, Value), LedgerError> {
+    let ledger = &runtime.ledger;
     let reset = ledger.reset_failed(id, started).await?;
-    let deps = Deps {
-        config,
-        ledger,
-        upstream: &FetchUpstream,
-        clock: &WorkerClock,
-        log: &Console,
-        // A replay answers with the new state, so it runs inline even in queue mode.
-        queue: None,
-    };
+    // A replay answers with the new state, so it runs inline even in queue mode.
+    let deps = runtime.deps(false);
     let (status, outcome) = match engine::resume(&deps, id, started).await {
         Ok(report) => (
             200,

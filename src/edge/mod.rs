@@ -44,6 +44,44 @@ pub fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }
 
+/// The core's dependencies at the edge.
+pub type EdgeDeps<'a> = Deps<'a, D1Ledger, fetch::FetchUpstream, fetch::WorkerClock, Console>;
+
+/// What every entry point works with: the settings, the D1 ledger and, when bound, the
+/// fulfilment queue's producer.
+pub struct Runtime {
+    pub config: Config,
+    pub ledger: D1Ledger,
+    producer: Option<queue::QueueProducer>,
+}
+
+impl Runtime {
+    /// Binds D1 (an error when it is not bound) and the queue (when bound).
+    pub fn bind(env: &Env, config: Config) -> Result<Self> {
+        Ok(Self {
+            ledger: D1Ledger::new(env.d1(DB_BINDING)?),
+            producer: queue::producer(env),
+            config,
+        })
+    }
+
+    /// The core's dependencies. `queue: false` runs inline even in queue mode: for the
+    /// consumer itself, and for replays, which answer with the new state.
+    pub fn deps(&self, queue: bool) -> EdgeDeps<'_> {
+        Deps {
+            config: &self.config,
+            ledger: &self.ledger,
+            upstream: &fetch::FetchUpstream,
+            clock: &fetch::WorkerClock,
+            log: &Console,
+            queue: match (&self.producer, queue) {
+                (Some(producer), true) => Some(producer as &dyn crate::queue::Enqueue),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Reads settings from `[vars]`, `.dev.vars` and secrets alike: all are strings on `env`.
 pub fn load_config(env: &Env) -> Config {
     let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
@@ -92,20 +130,8 @@ async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
         signature: signature.as_deref(),
         body: &body,
     };
-    let decision = match env.d1(DB_BINDING) {
-        Ok(db) => {
-            let ledger = D1Ledger::new(db);
-            let producer = queue::producer(&env);
-            let deps = Deps {
-                config: &config,
-                ledger: &ledger,
-                upstream: &fetch::FetchUpstream,
-                clock: &fetch::WorkerClock,
-                log: &Console,
-                queue: producer.as_ref().map(|p| p as &dyn crate::queue::Enqueue),
-            };
-            webhook::handle(&deps, delivery, started).await
-        }
+    let decision = match Runtime::bind(&env, config) {
+        Ok(runtime) => webhook::handle(&runtime.deps(true), delivery, started).await,
         Err(e) => Decision::refused(Refusal::Unavailable(LedgerError {
             operation: "bind",
             detail: e.to_string(),
@@ -148,9 +174,8 @@ fn answer(decision: Decision, started: u64) -> Result<Response> {
 /// The scheduled run: one summary line, or an error line when D1 is unavailable.
 pub async fn scheduled(env: Env) {
     let started = now_ms();
-    let config = load_config(&env);
-    let db = match env.d1(DB_BINDING) {
-        Ok(db) => db,
+    let runtime = match Runtime::bind(&env, load_config(&env)) {
+        Ok(runtime) => runtime,
         Err(e) => {
             Line::error("scheduled run failed")
                 .text("detail", &e.to_string())
@@ -158,17 +183,7 @@ pub async fn scheduled(env: Env) {
             return;
         }
     };
-    let ledger = D1Ledger::new(db);
-    let producer = queue::producer(&env);
-    let deps = Deps {
-        config: &config,
-        ledger: &ledger,
-        upstream: &fetch::FetchUpstream,
-        clock: &fetch::WorkerClock,
-        log: &Console,
-        queue: producer.as_ref().map(|p| p as &dyn crate::queue::Enqueue),
-    };
-    match crate::maintenance::run(&deps).await {
+    match crate::maintenance::run(&runtime.deps(true)).await {
         Ok(summary) => crate::maintenance::summary_line(&summary, now_ms().saturating_sub(started))
             .emit(&Console),
         Err(e) => Line::error("scheduled run failed")

@@ -3,9 +3,8 @@
 
 use worker::{js_sys, Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
-use super::fetch::{FetchUpstream, WorkerClock};
-use super::{load_config, now_ms, Console, DB_BINDING};
-use crate::engine::{self, Deps};
+use super::{load_config, now_ms, Console, EdgeDeps, Runtime};
+use crate::engine;
 use crate::ledger::d1::D1Ledger;
 use crate::ledger::{Ledger, StepState};
 use crate::log::Line;
@@ -35,9 +34,8 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
     if batch.queue().ends_with(DEAD_LETTER_SUFFIX) {
         return dead_letters(&batch);
     }
-    let config = load_config(&env);
-    let db = match env.d1(DB_BINDING) {
-        Ok(db) => db,
+    let runtime = match Runtime::bind(&env, load_config(&env)) {
+        Ok(runtime) => runtime,
         Err(e) => {
             Line::error("queue batch failed")
                 .text("detail", &e.to_string())
@@ -46,15 +44,7 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
             return;
         }
     };
-    let ledger = D1Ledger::new(db);
-    let deps = Deps {
-        config: &config,
-        ledger: &ledger,
-        upstream: &FetchUpstream,
-        clock: &WorkerClock,
-        log: &Console,
-        queue: None,
-    };
+    let deps = runtime.deps(false);
     for message in batch.raw_iter() {
         consume_one(&deps, &message).await;
     }
@@ -81,10 +71,7 @@ fn decode(message: &RawMessage) -> Option<FulfilMessage> {
     serde_json::from_str(&text).ok()
 }
 
-async fn consume_one(
-    deps: &Deps<'_, D1Ledger, FetchUpstream, WorkerClock, Console>,
-    message: &RawMessage,
-) {
+async fn consume_one(deps: &EdgeDeps<'_>, message: &RawMessage) {
     let Some(body) = decode(message) else {
         // Retrying cannot make it readable; the log says so and the message goes.
         Line::error("queue message unreadable").emit(&Console);
@@ -136,12 +123,7 @@ async fn waiting_attempts(ledger: &D1Ledger, session_id: &str) -> u32 {
 
 /// Attempts ran out: the waiting steps fail (with their last error), ops get an alert,
 /// and the message is retried once more so the queue moves it to the dead-letter queue.
-async fn exhausted(
-    deps: &Deps<'_, D1Ledger, FetchUpstream, WorkerClock, Console>,
-    body: &FulfilMessage,
-    attempts: u32,
-    message: &RawMessage,
-) {
+async fn exhausted(deps: &EdgeDeps<'_>, body: &FulfilMessage, attempts: u32, message: &RawMessage) {
     let session_id = &body.session_id;
     let rows = deps.ledger.steps_of(session_id).await.unwrap_or_default();
     let last_error = rows
