@@ -53,6 +53,7 @@ export async function startStandin() {
   let lineItems = new Map(); // sessionId -> { items, pageSize }
   let paymentIntents = new Map();
   let events = []; // Stripe event objects, newest first as GET /v1/events lists them
+  let sessions = new Map(); // Checkout Sessions GET /v1/checkout/sessions/:id returns
 
   const server = createServer((req, res) => {
     const chunks = [];
@@ -205,6 +206,13 @@ export async function startStandin() {
       if (!pi) return [404, stripeError(404, `No such payment_intent: '${id}'`, { code: 'resource_missing', param: 'intent' })];
       return [200, pi];
     }
+    m = u.pathname.match(/^\/stripe\/v1\/checkout\/sessions\/([^/]+)$/);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      const session = sessions.get(id);
+      if (!session) return [404, stripeError(404, `No such checkout.session: '${id}'`, { code: 'resource_missing', param: 'session' })];
+      return [200, session];
+    }
     if (u.pathname === '/stripe/v1/events') {
       // Filtered by created[gte] and types[] as Stripe does, then paginated.
       const since = Number(u.searchParams.get('created[gte]') ?? 0);
@@ -275,6 +283,7 @@ export async function startStandin() {
       lineItems = new Map();
       paymentIntents = new Map();
       events = [];
+      sessions = new Map();
     },
     failNext(service, n = 1, status = 500) { queueFault(service, n, { kind: 'fail', status }); },
     hangNext(service, n = 1) { queueFault(service, n, { kind: 'hang' }); },
@@ -287,6 +296,8 @@ export async function startStandin() {
     setPaymentIntent(id, object) { paymentIntents.set(id, { id, object: 'payment_intent', ...object }); },
     /** Events GET /v1/events lists (give them newest first, as Stripe lists them). */
     setEvents(list) { events = list.map((e) => ({ ...e })); },
+    /** The Checkout Session GET /v1/checkout/sessions/:id returns (replays, re-drives, queue mode). */
+    setSession(object) { sessions.set(object.id, { object: 'checkout.session', ...object }); },
     /** Licenses actually issued: [{license_key, idempotency_key, request, at}]. */
     licensesIssued: () => licenses.slice(),
     /** Shipments actually created: [{shipment_id, idempotency_key, request, at}]. */
