@@ -99,6 +99,7 @@ export async function startStandin() {
       search: u.search, // the raw query, for repeated keys such as types[]
       headers: Object.fromEntries(Object.entries(req.headers).map(([k, v]) => [k.toLowerCase(), v])),
       body,
+      raw, // the body exactly as received, for signature checks
       at: Date.now(),
     };
     calls.push(call);
