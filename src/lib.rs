@@ -57,3 +57,13 @@ async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) 
     edge::queue::consume(batch, env).await;
     Ok(())
 }
+
+/// For bench/engine.mjs only: what ingress does to a delivery before any state, callable
+/// from Node, so it can be timed against the official SDK on the same V8.
+#[cfg(feature = "bench-export")]
+#[worker::wasm_bindgen::prelude::wasm_bindgen]
+pub fn bench_verify_and_decode(header: &str, body: &[u8], secret: &str, now_secs: f64) -> bool {
+    signature::verify_at(Some(header), body, &[secret], 300, now_secs as i64).is_ok()
+        && event::decode(body)
+            .is_ok_and(|e| !e.is_checkout_session_event() || e.checkout_session().is_ok())
+}
