@@ -103,8 +103,11 @@ pub fn authorize(
     authorization: Option<&str>,
 ) -> Result<String, AdminRefusal> {
     let expected = configured.ok_or(AdminRefusal::NotFound)?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let presented = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AdminRefusal::Unauthorized)?;
@@ -162,7 +165,10 @@ fn list_query(query: &str) -> Result<ListQuery, AdminRefusal> {
         before: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        // Clients percent-encode values (`before=1700%3Acs_1`, `state=failed%2Cstuck`).
+        let decoded = percent_decode(raw);
+        let value = decoded.as_str();
         match key {
             "state" => list.filter = state_filter(value)?,
             "limit" => {
@@ -177,6 +183,35 @@ fn list_query(query: &str) -> Result<ListQuery, AdminRefusal> {
         }
     }
     Ok(list)
+}
+
+/// Decodes `%XX` and `+` in a query value; an invalid escape is kept as it is.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            // Digits read as bytes: slicing the str could split a multibyte character.
+            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2]))
+            {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
 }
 
 fn state_filter(value: &str) -> Result<StateFilter, AdminRefusal> {
@@ -275,6 +310,26 @@ mod tests {
             route("GET", "/admin/events/..%2F", None),
             Err(AdminRefusal::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded_and_the_scheme_is_case_insensitive() {
+        let AdminRoute::ListPurchases(q) = route(
+            "GET",
+            "/admin/purchases",
+            Some("state=failed%2Cstuck&before=1700%3Acs_9"),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (q.filter, q.before),
+            (StateFilter::FailedOrStuck, Some((1700, "cs_9".into())))
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz+x"), "%zz x");
+        assert_eq!(percent_decode("%\u{e9}\u{e9}"), "%\u{e9}\u{e9}");
+        assert!(authorize(Some(&token()), Some("bearer adm_token_123")).is_ok());
     }
 
     #[test]

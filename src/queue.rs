@@ -14,7 +14,6 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{ResumeError, RunOutcome};
-use crate::upstream::StepError;
 
 /// One purchase to fulfil. Ids only: the consumer fetches the session from Stripe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,11 +81,12 @@ pub fn decide(
         Ok(RunOutcome::Busy) => Verdict::Retry(BUSY_DELAY_SECS),
         Ok(RunOutcome::Retry) if attempts >= max_attempts => Verdict::Exhausted,
         Ok(RunOutcome::Retry) => Verdict::Retry(backoff_secs(base_secs, attempts, jitter)),
-        // Nothing to run: an unknown purchase, or a session Stripe says does not exist.
-        Err(ResumeError::Unknown) | Err(ResumeError::Session(StepError::Permanent(_))) => {
-            Verdict::Ack
-        }
-        // Stripe or D1 unreachable, or a key missing: try again later.
+        // Nothing to run: no steps recorded for this purchase.
+        Err(ResumeError::Unknown) => Verdict::Ack,
+        // The session could not be had from Stripe (down, refused, or no key): the
+        // consumer counts it as an attempt of the waiting steps, so it ends as a failed
+        // step, an alert and a dead letter, never as a silent ack.
+        Err(ResumeError::Session(_)) if attempts >= max_attempts => Verdict::Exhausted,
         Err(_) => Verdict::Retry(backoff_secs(base_secs, attempts.max(1), jitter)),
     }
 }
@@ -143,6 +143,21 @@ mod tests {
             detail: "y".into(),
         });
         assert_eq!(decide(&Err(down), 0, POLICY, 0.5), Verdict::Retry(10));
+    }
+
+    #[test]
+    fn a_session_stripe_refuses_is_retried_until_attempts_run_out_never_acked() {
+        use crate::upstream::StepError;
+        let refused = Err(ResumeError::Session(StepError::Permanent(
+            "Stripe API answered 404".into(),
+        )));
+        assert_eq!(decide(&refused, 1, POLICY, 0.5), Verdict::Retry(10));
+        assert_eq!(decide(&refused, 6, POLICY, 0.5), Verdict::Exhausted);
+        let down = Err(ResumeError::Session(StepError::Retryable(
+            "Stripe API answered 503".into(),
+        )));
+        assert_eq!(decide(&down, 2, POLICY, 0.5), Verdict::Retry(20));
+        assert_eq!(decide(&down, 6, POLICY, 0.5), Verdict::Exhausted);
     }
 
     #[test]

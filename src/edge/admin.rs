@@ -42,6 +42,7 @@ pub async fn handle(req: Request, env: Env, config: &Config) -> Result<Response>
         .id("who", &fingerprint)
         .label("route", route.name())
         .opt_id("session_id", session_of(&route))
+        .opt_id("event_id", event_of(&route))
         .num("status", u64::from(status))
         .num("duration_ms", now_ms().saturating_sub(started))
         .emit(&Console);
@@ -56,8 +57,15 @@ fn query_of(url: &str) -> Option<&str> {
 
 fn session_of(route: &AdminRoute) -> Option<&str> {
     match route {
-        AdminRoute::Purchase(id) | AdminRoute::Replay(id) | AdminRoute::Event(id) => Some(id),
-        AdminRoute::ListPurchases(_) => None,
+        AdminRoute::Purchase(id) | AdminRoute::Replay(id) => Some(id),
+        AdminRoute::Event(_) | AdminRoute::ListPurchases(_) => None,
+    }
+}
+
+fn event_of(route: &AdminRoute) -> Option<&str> {
+    match route {
+        AdminRoute::Event(id) => Some(id),
+        _ => None,
     }
 }
 
@@ -232,7 +240,16 @@ async fn replay(
                 RunOutcome::Retry => "retry",
             },
         ),
-        Err(ResumeError::Unknown) => return Ok((404, json!({"error": "no such purchase"}))),
+        Err(ResumeError::Unknown) => {
+            return Ok(match purchase_row(ledger, id).await? {
+                // Known, but nothing to run (e.g. awaiting payment): say so, not 404.
+                Some(purchase) => (
+                    200,
+                    json!({"session_id": id, "reset": reset, "outcome": "nothing_to_run", "purchase": purchase, "steps": []}),
+                ),
+                None => (404, json!({"error": "no such purchase"})),
+            });
+        }
         Err(ResumeError::Session(StepError::NotConfigured(setting))) => {
             return Ok((
                 503,

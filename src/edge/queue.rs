@@ -4,7 +4,7 @@
 use worker::{js_sys, Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
 use super::{load_config, now_ms, Console, EdgeDeps, Runtime};
-use crate::engine;
+use crate::engine::{self, ResumeError};
 use crate::ledger::d1::D1Ledger;
 use crate::ledger::{Ledger, StepState};
 use crate::log::Line;
@@ -80,7 +80,20 @@ async fn consume_one(deps: &EdgeDeps<'_>, message: &RawMessage) {
     };
     let started = now_ms();
     let result = engine::resume(deps, &body.session_id, started).await;
-    let attempts = waiting_attempts(deps.ledger, &body.session_id).await;
+    let reason = match &result {
+        // No step could be claimed without the session: count the try on the waiting
+        // steps, so a Stripe outage or a refused key ends in an alert, not in silence.
+        Err(ResumeError::Session(e)) => {
+            let message = e.message();
+            let _ = deps
+                .ledger
+                .note_failure(&body.session_id, &message, now_ms())
+                .await;
+            Some(message)
+        }
+        _ => None,
+    };
+    let (attempts, most) = step_attempts(deps.ledger, &body.session_id).await;
     let outcome = result.as_ref().map(|r| r.outcome).map_err(Clone::clone);
     let policy = RetryPolicy {
         max_attempts: deps.config.max_attempts,
@@ -90,8 +103,12 @@ async fn consume_one(deps: &EdgeDeps<'_>, message: &RawMessage) {
     let line = Line::info("queue message handled")
         .id("session_id", &body.session_id)
         .id("event_id", &body.event_id)
-        .num("attempts", u64::from(attempts))
+        .num("attempts", u64::from(most))
         .num("duration_ms", now_ms().saturating_sub(started));
+    let line = match &reason {
+        Some(reason) => line.text("reason", reason),
+        None => line,
+    };
     match verdict {
         Verdict::Ack => {
             message.ack();
@@ -111,14 +128,18 @@ async fn consume_one(deps: &EdgeDeps<'_>, message: &RawMessage) {
     }
 }
 
-/// The most attempts any step still waiting has had.
-async fn waiting_attempts(ledger: &D1Ledger, session_id: &str) -> u32 {
+/// The most attempts any step still waiting has had (what decides retry or give up),
+/// and the most any step has had (what the log reports).
+async fn step_attempts(ledger: &D1Ledger, session_id: &str) -> (u32, u32) {
     let rows = ledger.steps_of(session_id).await.unwrap_or_default();
-    rows.iter()
+    let waiting = rows
+        .iter()
         .filter(|r| matches!(r.state, StepState::Pending | StepState::Running))
         .map(|r| r.attempts)
         .max()
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let most = rows.iter().map(|r| r.attempts).max().unwrap_or(0);
+    (waiting, most)
 }
 
 /// Attempts ran out: the waiting steps fail (with their last error), ops get an alert,

@@ -345,6 +345,24 @@ impl Ledger for D1Ledger {
         Ok(changed as u32)
     }
 
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const SQL: &str =
+            "UPDATE steps SET attempts = attempts + 1, last_error = ?2, updated_at = ?3 \
+            WHERE session_id = ?1 AND state = 'pending'";
+        self.run(
+            "note_failure",
+            SQL,
+            &[text(session_id), text(error), int(now_ms as i64)],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn fail_waiting(
         &self,
         session_id: &str,

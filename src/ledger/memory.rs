@@ -227,6 +227,23 @@ impl Ledger for MemoryLedger {
         Ok(reset)
     }
 
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("note_failure")?;
+        for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Pending {
+                row.attempts += 1;
+                row.last_error = Some(error.to_string());
+                row.updated_at = now_ms;
+            }
+        }
+        Ok(())
+    }
+
     async fn fail_waiting(
         &self,
         session_id: &str,

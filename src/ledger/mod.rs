@@ -226,6 +226,16 @@ pub trait Ledger {
         limit: u32,
     ) -> Result<Vec<String>, LedgerError>;
 
+    /// Counts a try that could not even claim the steps (the session could not be
+    /// fetched) as an attempt of every pending step, with its error, so the queue's
+    /// retries end in a failed step and an alert rather than going unnoticed.
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
     /// Fails every step of the purchase still pending once its attempts ran out (queue
     /// mode), and returns their names.
     async fn fail_waiting(

@@ -269,6 +269,16 @@ export async function startWorker({ vars = {}, secrets = {}, migrate = true, tom
         const results = parsed.flatMap((r) => r.results ?? []);
         return results;
       },
+      /**
+       * Fires the cron trigger the way the local scheduler would
+       * (`GET /cdn-cgi/local/scheduled?cron=…`); resolves with { status, text }.
+       */
+      async scheduled(cron = '*/5 * * * *') {
+        const res = await fetch(`${url}/cdn-cgi/local/scheduled?${new URLSearchParams({ cron })}`, {
+          signal: AbortSignal.timeout(COMMAND_TIMEOUT_MS),
+        });
+        return { status: res.status, text: await res.text() };
+      },
       stop,
     };
   } catch (err) {
