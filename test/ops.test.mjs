@@ -563,6 +563,8 @@ test('replay answers 404 for an unknown purchase, 502 when Stripe cannot give th
   assert.equal(noKey.status, 503, noKey.text);
   assert.match(noKey.json.error, /STRIPE_API_KEY/);
   assert.equal(standin.callsTo('license').length, 1, 'only the original, failed call');
+  const still = await keyless.d1(`SELECT state FROM steps WHERE session_id = '${other.session.id}' AND step = 'license'`);
+  assert.deepEqual(still, [{ state: 'failed' }], 'nothing is reset when nothing could run it');
   const [call] = await linesUntil(keyless, from, (l) => l.msg === 'admin call', 1, 'admin call');
   assert.deepEqual([call.route, call.status, call.who], ['replay', 503, fingerprint(KEYLESS_TOKEN)]);
 });

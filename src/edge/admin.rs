@@ -227,6 +227,14 @@ async fn replay(
     started: u64,
 ) -> std::result::Result<(u16, Value), LedgerError> {
     let ledger = &runtime.ledger;
+    // Checked before anything is reset: without the key nothing could run the steps,
+    // and a reset failed step would drop out of the failed list for nothing.
+    if runtime.config.stripe_api_key.is_none() {
+        return Ok((
+            503,
+            json!({"error": "STRIPE_API_KEY is not set: replays fetch the session from Stripe"}),
+        ));
+    }
     let reset = ledger.reset_failed(id, started).await?;
     // A replay answers with the new state, so it runs inline even in queue mode.
     let deps = runtime.deps(false);
