@@ -12,6 +12,7 @@ import { after, afterEach, before, beforeEach, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
+import { linesUntil, logLines, until } from './support/logs.mjs';
 import { startWorker } from './support/worker.mjs';
 
 const WEBHOOK_SECRET = `whsec_${rid('ops')}`;
@@ -80,41 +81,7 @@ afterEach(() => {
 
 // ------------------------------------------------------------------ helpers
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `probe` every 100 ms until it returns a truthy value; fails after `ms`. */
-async function until(probe, what, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-/** The Worker's JSON lines printed after offset `from` (warn/error lines carry a prefix and colours locally). */
-function lines(target, from = 0) {
-  // eslint-disable-next-line no-control-regex
-  return target.logs().slice(from).replace(/\u001b\[[0-9;]*m/g, '').split('\n').flatMap((line) => {
-    const at = line.indexOf('{"level"');
-    if (at < 0) return [];
-    try { return [JSON.parse(line.slice(at))]; } catch { return []; }
-  });
-}
-
-/**
- * Waits until at least `n` lines after `from` match `pred` (the output is streamed, so a
- * line may arrive just after the response it belongs to); resolves with all matches.
- */
-async function linesUntil(target, from, pred, n, what) {
-  let found = [];
-  await until(() => {
-    found = lines(target, from).filter(pred);
-    return found.length >= n;
-  }, `${n} × ${what}`);
-  return found;
-}
+const lines = logLines;
 
 const bearer = (token) => ({ authorization: `Bearer ${token}` });
 

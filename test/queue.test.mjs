@@ -10,6 +10,7 @@ import { after, afterEach, before, beforeEach, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
+import { linesUntil as linesUntilOf, logLines, until as waitUntil } from './support/logs.mjs';
 import { startWorker } from './support/worker.mjs';
 
 const WEBHOOK_SECRET = `whsec_${rid('qe2e')}`;
@@ -82,40 +83,10 @@ afterEach(() => {
 
 // ------------------------------------------------------------------ helpers
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `probe` every 100 ms until it returns a truthy value; fails after `ms`. */
-async function until(probe, what, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${ms} ms waiting for ${what}\n--- last output\n${worker.logs().slice(-4000)}`);
-    }
-    await sleep(100);
-  }
-}
-
-/** The Worker's JSON lines printed after offset `from` (warn/error lines carry a prefix and colours locally). */
-function lines(from = 0) {
-  // eslint-disable-next-line no-control-regex
-  return worker.logs().slice(from).replace(/\u001b\[[0-9;]*m/g, '').split('\n').flatMap((line) => {
-    const at = line.indexOf('{"level"');
-    if (at < 0) return [];
-    try { return [JSON.parse(line.slice(at))]; } catch { return []; }
-  });
-}
-
-/** Waits until at least `n` lines after `from` match `pred`; resolves with all matches. */
-async function linesUntil(from, pred, n, what, ms) {
-  let found = [];
-  await until(() => {
-    found = lines(from).filter(pred);
-    return found.length >= n;
-  }, `${n} × ${what}`, ms);
-  return found;
-}
+/** This file's worker: the shared helpers bound to it. */
+const until = (probe, what, ms) => waitUntil(probe, what, ms, () => worker.logs().slice(-4000));
+const lines = (from = 0) => logLines(worker, from);
+const linesUntil = (from, pred, n, what, ms) => linesUntilOf(worker, from, pred, n, what, ms);
 
 const handled = (sessionId) => (l) => l.msg === 'queue message handled' && l.session_id === sessionId;
 

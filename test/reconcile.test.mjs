@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
+import { linesUntil, logLines } from './support/logs.mjs';
 import { startWorker } from './support/worker.mjs';
 
 const WEBHOOK_SECRET = `whsec_${rid('reconcile')}`;
@@ -31,28 +32,13 @@ after(async () => {
   await standin?.stop();
 });
 
-/** The Worker's JSON lines in `text` (locally, warn/error lines carry a prefix and colour codes). */
-function lines(text) {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/\u001b\[[0-9;]*m/g, '').split('\n').flatMap((line) => {
-    const at = line.indexOf('{"level"');
-    if (at < 0) return [];
-    try { return [JSON.parse(line.slice(at))]; } catch { return []; }
-  });
-}
-
-/** Fires the cron and resolves with its `scheduled run` line (bounded wait). */
+/** Fires the cron and resolves with its `scheduled run` line and all lines since (bounded wait). */
 async function runScheduled() {
   const from = worker.logs().length;
   const res = await fetch(worker.url + SCHEDULED);
   assert.equal(res.status, 200, await res.text());
-  const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline) {
-    const line = lines(worker.logs().slice(from)).find((l) => l.msg === 'scheduled run');
-    if (line) return { line, log: lines(worker.logs().slice(from)) };
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`no "scheduled run" line within 20 s:\n${worker.logs().slice(from)}`);
+  const [line] = await linesUntil(worker, from, (l) => l.msg === 'scheduled run', 1, 'the scheduled run line', 20_000);
+  return { line, log: logLines(worker, from) };
 }
 
 function paidSession() {
