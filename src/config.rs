@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use crate::checkout::catalogue::{self, Catalogue};
 use crate::relay::RelaySigner;
 
 pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
@@ -25,6 +26,11 @@ pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
 pub const FULFILLMENT_MAX_ATTEMPTS: &str = "FULFILLMENT_MAX_ATTEMPTS";
 pub const QUEUE_RETRY_BASE_SECS: &str = "QUEUE_RETRY_BASE_SECS";
+pub const PRODUCTS: &str = "PRODUCTS";
+pub const APP_URL: &str = "APP_URL";
+pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
+pub const CHECKOUT_CODE_ATTEMPTS: &str = "CHECKOUT_CODE_ATTEMPTS";
+pub const CHECKOUT_CODE_WINDOW_SECS: &str = "CHECKOUT_CODE_WINDOW_SECS";
 
 pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
@@ -113,7 +119,23 @@ pub struct Config {
     pub max_attempts: u32,
     /// Queue mode: the first retry delay, doubled per attempt up to 15 minutes.
     pub retry_base_secs: u32,
+    /// `POST /checkout`; optional: the webhook path never needs it.
+    pub checkout: CheckoutSettings,
     pub problems: Vec<Problem>,
+}
+
+/// The settings of server-side checkout (`POST /checkout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSettings {
+    /// `PRODUCTS`; `None` when unset or malformed (then `/checkout` answers 503).
+    pub products: Option<Catalogue>,
+    /// `APP_URL` without a trailing slash: the success and cancel pages live under it.
+    pub app_url: Option<String>,
+    /// `ALLOWED_ORIGINS`, lowercased; empty = no browser origin may call `/checkout`.
+    pub allowed_origins: Vec<String>,
+    /// Requests carrying a promotion code allowed per client per window.
+    pub code_attempts: u32,
+    pub code_window_secs: u64,
 }
 
 impl Config {
@@ -194,7 +216,9 @@ impl Config {
             1..=900,
             &mut problems,
         ) as u32;
+        let checkout = checkout_settings(&get, &mut problems);
         Config {
+            checkout,
             retry_base_secs,
             max_attempts,
             admin_token: get(ADMIN_TOKEN).map(|t| Secret::new(t.trim())),
@@ -245,6 +269,18 @@ impl Config {
         }
         if self.stripe_api_key.is_none() {
             unset.push(STRIPE_API_KEY);
+        }
+        // Checkout's settings: a malformed one is `invalid`, not unset.
+        let invalid = self.invalid();
+        let checkout = &self.checkout;
+        for (name, is_set) in [
+            (PRODUCTS, checkout.products.is_some()),
+            (APP_URL, checkout.app_url.is_some()),
+            (ALLOWED_ORIGINS, !checkout.allowed_origins.is_empty()),
+        ] {
+            if !is_set && !invalid.contains(&name) {
+                unset.push(name);
+            }
         }
         unset
     }
@@ -363,6 +399,63 @@ fn service(
             None
         }
         (None, None) => None,
+    }
+}
+
+/// Checkout's settings. None is required by the webhook path: unset ones show in
+/// `unset_optional`, malformed ones are `invalid` (and `/checkout` answers 503).
+fn checkout_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> CheckoutSettings {
+    let products = get(PRODUCTS).and_then(|raw| match catalogue::parse(&raw) {
+        Ok(catalogue) => Some(catalogue),
+        Err(why) => {
+            invalid(problems, PRODUCTS, why);
+            None
+        }
+    });
+    let app_url = get(APP_URL).and_then(|url| {
+        let url = url.trim();
+        if is_http_url(url) && !url.contains(['?', '#']) {
+            Some(url.trim_end_matches('/').to_string())
+        } else {
+            invalid(
+                problems,
+                APP_URL,
+                "not an http(s) URL without query or fragment",
+            );
+            None
+        }
+    });
+    let allowed_origins = match get(ALLOWED_ORIGINS) {
+        Some(raw) => {
+            let (origins, problem) = crate::checkout::cors::parse_origins(&raw);
+            if let Some(why) = problem {
+                invalid(problems, ALLOWED_ORIGINS, why);
+            }
+            origins
+        }
+        None => Vec::new(),
+    };
+    CheckoutSettings {
+        products,
+        app_url,
+        allowed_origins,
+        code_attempts: number(
+            CHECKOUT_CODE_ATTEMPTS,
+            get(CHECKOUT_CODE_ATTEMPTS),
+            10,
+            1..=1_000,
+            problems,
+        ) as u32,
+        code_window_secs: number(
+            CHECKOUT_CODE_WINDOW_SECS,
+            get(CHECKOUT_CODE_WINDOW_SECS),
+            600,
+            10..=86_400,
+            problems,
+        ),
     }
 }
 
@@ -492,6 +585,57 @@ mod tests {
         let config = load(&[(FORWARD_SIGNING_SECRET, "not-a-secret")]);
         assert!(config.forward_signer.is_none());
         assert_eq!(config.invalid(), vec![FORWARD_SIGNING_SECRET]);
+    }
+
+    #[test]
+    fn checkout_settings_are_optional_for_the_webhook_path() {
+        let config = load(&[(STRIPE_WEBHOOK_SECRET, "whsec_abc")]);
+        assert!(config.problems.is_empty());
+        assert_eq!(config.checkout.products, None);
+        assert_eq!(config.checkout.code_attempts, 10);
+        assert_eq!(config.checkout.code_window_secs, 600);
+        let unset = config.unset_optional();
+        for name in [PRODUCTS, APP_URL, ALLOWED_ORIGINS] {
+            assert!(unset.contains(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn checkout_settings_are_read_and_normalised() {
+        let config = load(&[
+            (
+                PRODUCTS,
+                r#"{"pro":{"price":"price_1","mode":"payment","max_quantity":2}}"#,
+            ),
+            (APP_URL, "https://shop.example/store/"),
+            (
+                ALLOWED_ORIGINS,
+                "https://shop.example, https://www.shop.example",
+            ),
+            (CHECKOUT_CODE_ATTEMPTS, "3"),
+            (CHECKOUT_CODE_WINDOW_SECS, "60"),
+        ]);
+        let checkout = &config.checkout;
+        assert_eq!(checkout.products.as_ref().map(|c| c.len()), Some(1));
+        assert_eq!(
+            checkout.app_url.as_deref(),
+            Some("https://shop.example/store")
+        );
+        assert_eq!(checkout.allowed_origins.len(), 2);
+        assert_eq!((checkout.code_attempts, checkout.code_window_secs), (3, 60));
+        assert!(config.invalid().is_empty());
+        assert!(!config.unset_optional().contains(&PRODUCTS));
+    }
+
+    #[test]
+    fn a_malformed_catalogue_is_invalid_by_name_never_by_value() {
+        let raw = r#"{"pro":{"price":"price_SECRETISH","mode":"rent","max_quantity":1}}"#;
+        let config = load(&[(PRODUCTS, raw), (APP_URL, "shop.example")]);
+        assert_eq!(config.checkout.products, None);
+        assert_eq!(config.invalid(), vec![PRODUCTS, APP_URL]);
+        assert!(!config.unset_optional().contains(&PRODUCTS));
+        let reported: String = config.problems.iter().map(|p| p.to_string()).collect();
+        assert!(!reported.contains("price_SECRETISH") && !reported.contains("rent"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! only code touching JavaScript. See README.md, "Architecture".
 
 pub mod admin;
+pub mod checkout;
 pub mod config;
 pub mod edge;
 pub mod engine;

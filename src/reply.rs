@@ -144,6 +144,8 @@ pub fn healthz(config: &Config, database_ok: bool) -> Reply {
             "missing": missing,
             "invalid": invalid,
             "unset_optional": config.unset_optional(),
+            // POST /checkout sells only what PRODUCTS lists: 0 = checkout is off.
+            "checkout_products": config.checkout.products.as_ref().map_or(0, |c| c.len()),
         }),
         allow: None,
     }

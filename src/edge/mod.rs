@@ -99,6 +99,7 @@ pub async fn route(req: Request, env: Env) -> Result<Response> {
         (WEBHOOK_PATH, Method::Post) => webhook(req, env, started).await,
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
+        (crate::checkout::CHECKOUT_PATH, _) => checkout(req, env, started).await,
         (path, _) if path.starts_with(crate::admin::PREFIX) => {
             let config = load_config(&env);
             admin::handle(req, env, &config).await
@@ -157,6 +158,44 @@ async fn read_capped(req: &mut Request, limit: u64) -> Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
+/// `/checkout`: reads the method, `Origin`, `CF-Connecting-IP` and the (capped) body,
+/// runs the pure handler with D1 counting code attempts, then logs and answers.
+async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> {
+    use crate::checkout::{self, edge as glue, reply, Verb};
+    let config = load_config(&env);
+    let verb = match req.method() {
+        Method::Post => Verb::Post,
+        Method::Options => Verb::Options,
+        _ => Verb::Other,
+    };
+    let origin = req.headers().get("origin")?;
+    let client_ip = req.headers().get("cf-connecting-ip")?;
+    let idempotency_key = req.headers().get("idempotency-key")?;
+    let nonce = glue::nonce();
+    let body = match verb {
+        Verb::Post => read_capped(&mut req, checkout::MAX_BODY_BYTES).await?,
+        _ => Some(Vec::new()),
+    };
+    let request = checkout::Request {
+        verb,
+        origin: origin.as_deref(),
+        client_ip: client_ip.as_deref(),
+        idempotency_key: idempotency_key.as_deref(),
+        nonce: &nonce,
+        body: body.as_deref(),
+    };
+    let deps = checkout::Deps {
+        config: &config,
+        upstream: &fetch::FetchUpstream,
+        clock: &fetch::WorkerClock,
+        throttle: &glue::D1Throttle(env.d1(DB_BINDING).ok()),
+        pause: &glue::WorkerPause,
+    };
+    let decision = checkout::handle(&deps, &request, started).await;
+    reply::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    glue::respond(&reply::for_decision(&decision))
+}
+
 async fn healthz(env: Env) -> Result<Response> {
     let config = load_config(&env);
     let database_ok = match env.d1(DB_BINDING) {
@@ -183,9 +222,21 @@ pub async fn scheduled(env: Env) {
             return;
         }
     };
-    match crate::maintenance::run(&runtime.deps(true)).await {
-        Ok(summary) => crate::maintenance::summary_line(&summary, now_ms().saturating_sub(started))
-            .emit(&Console),
+    let result = match crate::maintenance::run(&runtime.deps(true)).await {
+        // Checkout's code-attempt counts are read only in their own window: a day is
+        // longer than any window CHECKOUT_CODE_WINDOW_SECS allows.
+        Ok(summary) => crate::checkout::edge::D1Throttle(env.d1(DB_BINDING).ok())
+            .prune(now_ms() / 1_000 - 86_400)
+            .await
+            .map(|pruned| (summary, pruned)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((summary, pruned)) => {
+            crate::maintenance::summary_line(&summary, now_ms().saturating_sub(started))
+                .num("code_windows_pruned", u64::from(pruned))
+                .emit(&Console)
+        }
         Err(e) => Line::error("scheduled run failed")
             .text("detail", &e.detail)
             .emit(&Console),
