@@ -196,6 +196,41 @@ describe('stand-in services', { timeout: 60_000 }, () => {
     assert.equal(s.calls[0].headers.authorization, auth.authorization);
   });
 
+  test('stripe: session creation is form-encoded and idempotent like Stripe; answers carry a Request-Id', async () => {
+    const form = (price) => `mode=payment&line_items%5B0%5D%5Bprice%5D=${price}&success_url=https%3A%2F%2Fx&metadata%5Bslug%5D=pro`;
+    const post = (body, key) => fetch(`${s.url}/stripe/v1/checkout/sessions`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded', ...(key ? { 'idempotency-key': key } : {}) },
+      body,
+    }).then(async (r) => ({ status: r.status, requestId: r.headers.get('request-id'), json: await r.json() }));
+    const first = await post(form('price_1'), 'k1');
+    assert.equal(first.status, 200);
+    assert.match(first.requestId, /^req_[0-9a-f]+$/);
+    assert.match(first.json.url, /^https:\/\/checkout\.stripe\.com\/c\/pay\/cs_test_/);
+    assert.deepEqual(first.json.metadata, { slug: 'pro' });
+    assert.deepEqual((await post(form('price_1'), 'k1')).json, first.json, 'same key, same form: replayed');
+    const reused = await post(form('price_2'), 'k1');
+    assert.equal(reused.status, 400);
+    assert.equal(reused.json.error.type, 'idempotency_error');
+    assert.notEqual((await post(form('price_1'))).json.id, first.json.id, 'no key: a new session');
+    assert.equal(s.sessionsCreated().length, 2);
+    assert.deepEqual(s.sessionsCreated()[0].form[1], ['line_items[0][price]', 'price_1']);
+    const discounted = await post(`${form('price_1')}&discounts%5B0%5D%5Bpromotion_code%5D=promo_nope`);
+    assert.equal(discounted.status, 400, 'an unknown promotion code is refused');
+  });
+
+  test('stripe: promotion codes are listed by code and active; coupons by id', async () => {
+    s.setPromotionCode({ id: 'promo_1', code: 'SPRING', active: true });
+    s.setPromotionCode({ id: 'promo_2', code: 'OLD', active: false });
+    s.setCoupon({ id: 'co_1', valid: true });
+    const ids = async (q) => (await call(`/stripe/v1/promotion_codes?${q}`, { headers: auth })).json.data.map((p) => p.id);
+    assert.deepEqual(await ids('code=spring&active=true'), ['promo_1']);
+    assert.deepEqual(await ids('code=OLD&active=true'), []);
+    assert.deepEqual(await ids('code=OLD'), ['promo_2']);
+    assert.deepEqual((await call('/stripe/v1/coupons/co_1', { headers: auth })).json, { id: 'co_1', object: 'coupon', valid: true });
+    assert.equal((await call('/stripe/v1/coupons/co_2', { headers: auth })).status, 404);
+  });
+
   test('unknown routes are 404 and recorded', async () => {
     assert.equal((await call('/nope')).status, 404);
     assert.equal(s.calls[0].service, 'unknown');

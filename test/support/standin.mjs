@@ -8,6 +8,10 @@
 //   POST /shipping/orders                               service "shipping" -> {shipment_id}
 //   GET  /stripe/v1/checkout/sessions/:id/line_items    service "stripe"   -> Stripe list object
 //   GET  /stripe/v1/payment_intents/:id                 service "stripe"   -> the stored object
+//   POST /stripe/v1/checkout/sessions                   service "stripe"   -> a new Checkout Session
+//   GET  /stripe/v1/promotion_codes?code=&active=       service "stripe"   -> list of setPromotionCode()s
+//   GET  /stripe/v1/coupons/:id                         service "stripe"   -> the stored coupon
+// Every Stripe answer carries a `Request-Id: req_…` header, as Stripe's do.
 //
 // Idempotency (license, shipping), like a real server: the first request with an
 // `Idempotency-Key` does the work and its answer is stored; a repeat with the same
@@ -54,6 +58,10 @@ export async function startStandin() {
   let paymentIntents = new Map();
   let events = []; // Stripe event objects, newest first as GET /v1/events lists them
   let sessions = new Map(); // Checkout Sessions GET /v1/checkout/sessions/:id returns
+  let created = []; // Checkout Sessions POST /v1/checkout/sessions created: { id, form, idempotency_key }
+  let stripeKeys = new Map(); // Idempotency-Key -> { raw, answer } of session creations
+  let promotionCodes = []; // promotion code objects, each with its customer-facing `code`
+  let coupons = new Map(); // coupon id -> coupon object (as `expand[]=applies_to` gives it)
 
   const server = createServer((req, res) => {
     const chunks = [];
@@ -72,10 +80,10 @@ export async function startStandin() {
     socket.on('close', () => sockets.delete(socket));
   });
 
-  function send(res, status, body) {
+  function send(res, status, body, extraHeaders = {}) {
     if (res.writableEnded || res.destroyed) return;
     const text = JSON.stringify(body);
-    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...extraHeaders });
     res.end(text);
   }
 
@@ -103,6 +111,9 @@ export async function startStandin() {
       at: Date.now(),
     };
     calls.push(call);
+    // Stripe names every answer, errors included, with a Request-Id.
+    if (service === 'stripe') call.requestId = rand('req');
+    const headers = call.requestId ? { 'request-id': call.requestId } : {};
 
     const fault = faults.get(service)?.shift();
     if (fault?.kind === 'fail') {
@@ -111,7 +122,7 @@ export async function startStandin() {
       const errBody = service === 'stripe'
         ? stripeError(fault.status, `injected failure (${fault.status})`)
         : { error: `injected failure (${fault.status})` };
-      return send(res, fault.status, errBody);
+      return send(res, fault.status, errBody, headers);
     }
     if (fault?.kind === 'hang') {
       call.outcome = 'hung';
@@ -135,14 +146,14 @@ export async function startStandin() {
       };
       entry.timer = setTimeout(() => {
         pending.delete(entry);
-        send(res, status, answer);
+        send(res, status, answer, headers);
       }, fault.ms);
       pending.add(entry);
       res.on('close', () => { clearTimeout(entry.timer); pending.delete(entry); });
       return undefined;
     }
     call.outcome = 'ok';
-    return send(res, status, answer);
+    return send(res, status, answer, headers);
   }
 
   /** Does the work of one call; returns [status, body]. */
@@ -190,6 +201,7 @@ export async function startStandin() {
     if (!/^Bearer \S+/.test(call.headers.authorization ?? '')) {
       return [401, stripeError(401, 'You did not provide an API key.')];
     }
+    if (method === 'POST' && u.pathname === '/stripe/v1/checkout/sessions') return createSession(call);
     if (method !== 'GET') return [405, stripeError(405, `Unrecognized request URL (${method}: ${u.pathname.replace(/^\/stripe/, '')}).`)];
     let m = u.pathname.match(/^\/stripe\/v1\/checkout\/sessions\/([^/]+)\/line_items$/);
     if (m) {
@@ -214,6 +226,21 @@ export async function startStandin() {
       if (!session) return [404, stripeError(404, `No such checkout.session: '${id}'`, { code: 'resource_missing', param: 'session' })];
       return [200, session];
     }
+    if (u.pathname === '/stripe/v1/promotion_codes') {
+      // Filtered by code (case-insensitive, as Stripe matches codes) and active.
+      const code = u.searchParams.get('code');
+      const active = u.searchParams.get('active');
+      const items = promotionCodes.filter((pc) => (code === null || pc.code.toLowerCase() === code.toLowerCase())
+        && (active === null || String(pc.active) === active));
+      return list({ items, pageSize: 100 }, u, '/v1/promotion_codes');
+    }
+    m = u.pathname.match(/^\/stripe\/v1\/coupons\/([^/]+)$/);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      const coupon = coupons.get(id);
+      if (!coupon) return [404, stripeError(404, `No such coupon: '${id}'`, { code: 'resource_missing', param: 'id' })];
+      return [200, coupon];
+    }
     if (u.pathname === '/stripe/v1/events') {
       // Filtered by created[gte] and types[] as Stripe does, then paginated.
       const since = Number(u.searchParams.get('created[gte]') ?? 0);
@@ -222,6 +249,56 @@ export async function startStandin() {
       return list({ items, pageSize: 100 }, u, '/v1/events');
     }
     return [404, stripeError(404, `Unrecognized request URL (GET: ${u.pathname.replace(/^\/stripe/, '')}).`)];
+  }
+
+  /**
+   * POST /v1/checkout/sessions, form-encoded. Like Stripe: the same Idempotency-Key
+   * with the same parameters replays the first answer; with other parameters, 400
+   * `idempotency_error`. A discount must name a known promotion code.
+   */
+  function createSession(call) {
+    if (call.headers['content-type'] !== 'application/x-www-form-urlencoded') {
+      return [400, stripeError(400, 'Invalid request: expected a form-encoded body')];
+    }
+    const form = [...new URLSearchParams(call.raw)];
+    call.form = form;
+    const key = call.headers['idempotency-key'];
+    const seen = key ? stripeKeys.get(key) : undefined;
+    if (seen) {
+      if (seen.raw !== call.raw) {
+        return [400, stripeError(400, `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${key}' if you meant to execute a different request.`, { type: 'idempotency_error' })];
+      }
+      call.replayed = true;
+      return seen.answer;
+    }
+    const get = (name) => form.find(([k]) => k === name)?.[1];
+    const answer = (() => {
+      if (!get('line_items[0][price]') || !get('mode') || !get('success_url')) {
+        return [400, stripeError(400, 'Missing required param: line_items, mode or success_url.')];
+      }
+      const promo = get('discounts[0][promotion_code]');
+      if (promo && !promotionCodes.some((pc) => pc.id === promo)) {
+        return [400, stripeError(400, `No such promotion code: '${promo}'`, { param: 'discounts[0][promotion_code]' })];
+      }
+      const id = rand('cs_test');
+      const metadata = Object.fromEntries(form.filter(([k]) => k.startsWith('metadata[')).map(([k, v]) => [k.slice(9, -1), v]));
+      const session = {
+        id,
+        object: 'checkout.session',
+        mode: get('mode'),
+        url: `https://checkout.stripe.com/c/pay/${id}`,
+        metadata,
+        success_url: get('success_url'),
+        cancel_url: get('cancel_url') ?? null,
+        payment_status: 'unpaid',
+        status: 'open',
+      };
+      sessions.set(id, session);
+      created.push({ id, form, idempotency_key: key ?? null });
+      return [200, session];
+    })();
+    if (key && answer[0] < 500) stripeKeys.set(key, { raw: call.raw, answer });
+    return answer;
   }
 
   /** A Stripe list page: `limit` (1..100, default 10, capped at the pageSize given), `starting_after` / `ending_before`. */
@@ -285,6 +362,10 @@ export async function startStandin() {
       paymentIntents = new Map();
       events = [];
       sessions = new Map();
+      created = [];
+      stripeKeys = new Map();
+      promotionCodes = [];
+      coupons = new Map();
     },
     failNext(service, n = 1, status = 500) { queueFault(service, n, { kind: 'fail', status }); },
     hangNext(service, n = 1) { queueFault(service, n, { kind: 'hang' }); },
@@ -299,6 +380,12 @@ export async function startStandin() {
     setEvents(list) { events = list.map((e) => ({ ...e })); },
     /** The Checkout Session GET /v1/checkout/sessions/:id returns (replays, re-drives, queue mode). */
     setSession(object) { sessions.set(object.id, { object: 'checkout.session', ...object }); },
+    /** A promotion code GET /v1/promotion_codes lists (give `id`, `code`, `active`, `coupon`, ...). */
+    setPromotionCode(object) { promotionCodes.push({ object: 'promotion_code', ...object }); },
+    /** The coupon GET /v1/coupons/:id returns. */
+    setCoupon(object) { coupons.set(object.id, { object: 'coupon', ...object }); },
+    /** Checkout Sessions actually created: [{id, form: [[key, value], ...], idempotency_key}]. */
+    sessionsCreated: () => created.slice(),
     /** Licenses actually issued: [{license_key, idempotency_key, request, at}]. */
     licensesIssued: () => licenses.slice(),
     /** Shipments actually created: [{shipment_id, idempotency_key, request, at}]. */
