@@ -42,6 +42,7 @@ async fn deliver_async(world: &World, body: &str) -> Decision {
     let delivery = Delivery {
         signature: Some(&header),
         body: body.as_bytes(),
+        tags: None,
     };
     handle(&world.deps(), delivery, world.clock.0.get()).await
 }

@@ -25,6 +25,7 @@ fn deliver(world: &World) -> Verdict {
     let delivery = Delivery {
         signature: Some(&header),
         body: body.as_bytes(),
+        tags: None,
     };
     block_on(handle(&world.deps(), delivery, world.clock.0.get())).verdict
 }

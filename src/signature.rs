@@ -122,6 +122,9 @@ fn parse_timestamp(text: &str) -> Result<i64, SignatureError> {
     text.parse().map_err(|_| SignatureError::InvalidTimestamp)
 }
 
+/// An HMAC-SHA256 tag: the raw 32 bytes a `v1` signature is the lowercase hex of.
+pub type Tag = [u8; 32];
+
 /// Verifies a delivery against every configured secret at the instant `now_secs`.
 ///
 /// Authenticity is checked before freshness, as the SDKs do, so a replayed but genuine
@@ -134,13 +137,34 @@ pub fn verify_at<S: AsRef<[u8]>>(
     now_secs: i64,
 ) -> Result<i64, SignatureError> {
     let header = parse_header(header.ok_or(SignatureError::MissingHeader)?)?;
-    let matched = secrets.iter().any(|secret| {
-        let expected = expected_signature(secret.as_ref(), header.timestamp_text, body);
-        header
+    // Lazily: the first secret that matches ends the hashing.
+    let tags = secrets
+        .iter()
+        .map(|secret| tag(secret.as_ref(), header.timestamp_text, body));
+    verify_tags(&header, tags, tolerance_secs, now_secs)
+}
+
+/// The rest of [`verify_at`] once the tags of `timestamp_text.body` under each secret
+/// are known: the edge computes them with SubtleCrypto for large bodies (see
+/// `edge::subtle`), where the platform's native HMAC beats one compiled to wasm.
+pub fn verify_tags(
+    header: &SignatureHeader<'_>,
+    tags: impl IntoIterator<Item = Tag>,
+    tolerance_secs: u64,
+    now_secs: i64,
+) -> Result<i64, SignatureError> {
+    let mut matched = false;
+    for tag in tags {
+        let expected = hex::encode(tag);
+        if header
             .v1
             .iter()
             .any(|candidate| bool::from(candidate.as_bytes().ct_eq(expected.as_bytes())))
-    });
+        {
+            matched = true;
+            break;
+        }
+    }
     if !matched {
         return Err(SignatureError::NoMatch);
     }
@@ -168,16 +192,21 @@ fn check_tolerance(
     Ok(())
 }
 
-/// Lowercase hex HMAC-SHA256 of `timestamp.body` keyed with the whole secret.
-/// `subtle`'s `ct_eq` on slices of different length returns false without comparing,
-/// which leaks only the length, and the length of a valid signature is public.
-pub fn expected_signature(secret: &[u8], timestamp_text: &str, body: &[u8]) -> String {
+/// HMAC-SHA256 of `timestamp.body` keyed with the whole secret (`whsec_` included).
+pub fn tag(secret: &[u8], timestamp_text: &str, body: &[u8]) -> Tag {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(timestamp_text.as_bytes());
     mac.update(b".");
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    mac.finalize().into_bytes().into()
+}
+
+/// The `v1` value Stripe sends: the lowercase hex of [`tag`]. `subtle`'s `ct_eq` on
+/// slices of different length returns false without comparing, which leaks only the
+/// length, and the length of a valid signature is public.
+pub fn expected_signature(secret: &[u8], timestamp_text: &str, body: &[u8]) -> String {
+    hex::encode(tag(secret, timestamp_text, body))
 }
 
 /// Builds a header value the way Stripe does, for tests and tools.
@@ -201,6 +230,30 @@ mod tests {
         now: i64,
     ) -> Result<i64, SignatureError> {
         verify_at(Some(header), body, secrets, 300, now)
+    }
+
+    #[test]
+    fn tags_computed_elsewhere_verify_exactly_like_our_own() {
+        let body = br#"{"id":"evt_1"}"#;
+        let header_text = sign_header(SECRET, T, body);
+        let header = parse_header(&header_text).unwrap();
+        let ours = tag(SECRET.as_bytes(), "1700000000", body);
+        let other = tag(b"whsec_other", "1700000000", body);
+        // Any tag of the list may match (rotation), in any position.
+        assert_eq!(verify_tags(&header, [other, ours], 300, T), Ok(T));
+        assert_eq!(
+            verify_tags(&header, [other], 300, T),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            verify_tags(&header, [], 300, T),
+            Err(SignatureError::NoMatch)
+        );
+        // Freshness is still checked after authenticity.
+        assert!(matches!(
+            verify_tags(&header, [ours], 300, T + 301),
+            Err(SignatureError::TooOld { .. })
+        ));
     }
 
     /// Computed independently with

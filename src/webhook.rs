@@ -8,7 +8,7 @@ use crate::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState, Step
 use crate::log::{Line, Sink};
 use crate::plan::{self, Disposition, Purchase};
 use crate::queue::{Enqueue, FulfilMessage};
-use crate::signature::{self, SignatureError};
+use crate::signature::{self, SignatureError, Tag};
 use crate::upstream::{Clock, Upstream};
 
 /// A delivery as received: the signature header and the raw body bytes.
@@ -16,6 +16,10 @@ use crate::upstream::{Clock, Upstream};
 pub struct Delivery<'a> {
     pub signature: Option<&'a str>,
     pub body: &'a [u8],
+    /// The HMAC tags of this header's timestamp and the body under each configured
+    /// secret, in order, when the edge computed them natively (SubtleCrypto, for large
+    /// bodies); `None`: computed here in Rust.
+    pub tags: Option<&'a [Tag]>,
 }
 
 /// The `status` Stripe reads in a 2xx answer.
@@ -124,13 +128,24 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         return Decision::refused(Refusal::NotConfigured);
     }
     let now_secs = (started_ms / 1000) as i64;
-    if let Err(e) = signature::verify_at(
-        delivery.signature,
-        delivery.body,
-        &config.webhook_secrets,
-        config.tolerance_secs,
-        now_secs,
-    ) {
+    let verified = match delivery.tags {
+        None => signature::verify_at(
+            delivery.signature,
+            delivery.body,
+            &config.webhook_secrets,
+            config.tolerance_secs,
+            now_secs,
+        ),
+        Some(tags) => delivery
+            .signature
+            .ok_or(SignatureError::MissingHeader)
+            .and_then(signature::parse_header)
+            .and_then(|header| {
+                let tags = tags.iter().copied();
+                signature::verify_tags(&header, tags, config.tolerance_secs, now_secs)
+            }),
+    };
+    if let Err(e) = verified {
         return Decision::refused(Refusal::BadSignature(e));
     }
     ingest(deps, delivery.body, started_ms, Seen::Continue).await
@@ -357,6 +372,7 @@ mod tests {
         let delivery = Delivery {
             signature: Some(&header),
             body: body.as_bytes(),
+            tags: None,
         };
         block_on(handle(&world.deps(), delivery, NOW_MS))
     }

@@ -316,6 +316,32 @@ describe('ingress', { timeout: 240_000 }, () => {
       }
     });
 
+    // From 16 KiB the Worker hashes with SubtleCrypto (src/edge/subtle.rs), below in
+    // Rust: both sides of the threshold must accept, refuse and rotate alike.
+    for (const size of [16 * 1024 - 1, 16 * 1024, 60 * 1024]) {
+      test(`a ${size}-byte body verifies like any other: both secrets, tampering, wrong secret, stale`, async () => {
+        for (const secret of [OLD_SECRET, NEW_SECRET]) {
+          const { evt, payload } = eventOfSize(size);
+          const res = await post(main, payload, { secret });
+          assert.equal(res.status, 200, `${size} B with ${secret === OLD_SECRET ? 'old' : 'new'}: ${res.text}`);
+          ids.accepted.add(evt.id);
+        }
+        const { evt, payload } = eventOfSize(size);
+        ids.rejected.add(evt.id);
+        const header = sign(payload, NEW_SECRET);
+        const middle = payload.length >> 1;
+        const tampered = `${payload.slice(0, middle)}y${payload.slice(middle + 1)}`;
+        assert.notEqual(tampered, payload);
+        const refused = await post(main, tampered, { headers: { 'Stripe-Signature': header } });
+        assert400(refused, `${size} B tampered`);
+        assert.match(refused.json.error, /no v1 signature matched/);
+        assert400(await post(main, payload, { secret: WRONG_SECRET }), `${size} B wrong secret`);
+        const stale = await post(main, payload, { secret: NEW_SECRET, timestamp: now() - TOLERANCE - 100 });
+        assert400(stale, `${size} B stale`);
+        assert.match(stale.json.error, /timestamp outside the tolerance/);
+      });
+    }
+
     test('a rejected signature is logged as a JSON decision with a reason', async () => {
       const from = main.logs().length;
       const { payload } = rejectedEvent();

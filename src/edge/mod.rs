@@ -11,6 +11,7 @@ use worker::{
 pub mod admin;
 pub mod fetch;
 pub mod queue;
+pub mod subtle;
 
 use crate::config::Config;
 use crate::engine::Deps;
@@ -127,9 +128,11 @@ async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
         return answer(too_large, started);
     };
     let signature = req.headers().get("stripe-signature")?;
+    let tags = subtle::tags(&config.webhook_secrets, signature.as_deref(), &body).await;
     let delivery = Delivery {
         signature: signature.as_deref(),
         body: &body,
+        tags: tags.as_deref(),
     };
     let decision = match Runtime::bind(&env, config) {
         Ok(runtime) => webhook::handle(&runtime.deps(true), delivery, started).await,
