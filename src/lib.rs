@@ -28,7 +28,7 @@ pub mod webhook;
 mod testing;
 
 use worker::{
-    event, Context, Env, MessageBatch, Request, Response, Result, ScheduleContext, ScheduledEvent,
+    event, Context, Env, MessageBatch, Response, Result, ScheduleContext, ScheduledEvent,
 };
 
 #[event(start)]
@@ -39,7 +39,7 @@ fn start() {
 /// Every request goes through [`edge::route`]; an unexpected glue error becomes a
 /// generic 500 (never `respond_with_errors`, which would put the error text in the body).
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<Response> {
     match edge::route(req, env).await {
         Ok(response) => Ok(response),
         Err(e) => edge::internal_error(&e),

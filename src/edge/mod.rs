@@ -1,8 +1,6 @@
 //! Edge glue: the only module that touches the request, the environment and bindings.
 //! It reads what the pure core needs, calls it, and writes the answer and the log.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use futures_util::StreamExt;
 use worker::{
     console_error, console_log, console_warn, Env, Headers, Method, Request, Response, Result,
@@ -25,8 +23,10 @@ pub const WEBHOOK_PATH: &str = "/webhooks/stripe";
 pub const HEALTH_PATH: &str = "/healthz";
 pub const DB_BINDING: &str = "DB";
 
-/// Configuration problems are logged once per isolate, not once per request.
-static CONFIG_REPORTED: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// The settings of this isolate; their problems are logged once, when first read.
+    static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+}
 
 /// Writes log lines to the console, at the console level `wrangler tail` filters on.
 pub struct Console;
@@ -84,32 +84,60 @@ impl Runtime {
 }
 
 /// Reads settings from `[vars]`, `.dev.vars` and secrets alike: all are strings on `env`.
+///
+/// Read once per isolate: settings and secrets only change with a new deployment (or,
+/// under `wrangler dev`, a reload), which starts a new isolate. Reading ~25 names across
+/// the JavaScript boundary and re-parsing `PRODUCTS` on every request was measurable
+/// CPU in `bench/workers.sh`.
 pub fn load_config(env: &Env) -> Config {
-    let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
-    if let Some(line) = reply::config_line(&config) {
-        if !CONFIG_REPORTED.swap(true, Ordering::Relaxed) {
-            line.emit(&Console);
-        }
-    }
-    config
+    CONFIG.with(|cached| {
+        cached
+            .get_or_init(|| {
+                let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
+                if let Some(line) = reply::config_line(&config) {
+                    line.emit(&Console);
+                }
+                config
+            })
+            .clone()
+    })
 }
 
-pub async fn route(req: Request, env: Env) -> Result<Response> {
+/// Routes a request. It arrives as the runtime's own `Request`: workers-rs's wrapper
+/// reads `request.cf` eagerly, a large object workerd builds on access, which
+/// `bench/workers.sh` profiled at ~3 % of a delivery's CPU. Webhook deliveries never
+/// need it; the other routes get the wrapper.
+pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
     let started = now_ms();
-    match (req.path().as_str(), req.method()) {
-        (WEBHOOK_PATH, Method::Post) => webhook(req, env, started).await,
+    let method = Method::from(raw.method());
+    let url = raw.url();
+    match (path_of(&url), method) {
+        (WEBHOOK_PATH, Method::Post) => webhook(raw, env, started).await,
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
-        (crate::checkout::CHECKOUT_PATH, _) => checkout(req, env, started).await,
+        (crate::checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
         (path, _) if path.starts_with(crate::admin::PREFIX) => {
             let config = load_config(&env);
-            admin::handle(req, env, &config).await
+            admin::handle(Request::from(raw), env, &config).await
         }
         _ => answer(Decision::refused(Refusal::NotFound), started),
     }
 }
 
-async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
+/// The path of a serialised URL (`https://host/path?query`), split as a string: the
+/// `url` crate's parser would add its IDNA tables to the upload (see BENCHMARKS.md).
+fn path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
+    Ok(raw.headers().get(name)?)
+}
+
+async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Response> {
     let config = load_config(&env);
     if config.webhook_secrets.is_empty() {
         return answer(Decision::refused(Refusal::NotConfigured), started);
@@ -117,17 +145,24 @@ async fn webhook(mut req: Request, env: Env, started: u64) -> Result<Response> {
     let too_large = Decision::refused(Refusal::TooLarge {
         limit: config.max_body_bytes,
     });
-    let declared = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = header(&raw, "content-length")?.and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > config.max_body_bytes) {
         return answer(too_large, started);
     }
-    let Some(body) = read_capped(&mut req, config.max_body_bytes).await? else {
+    let signature = header(&raw, "stripe-signature")?;
+    let body = match declared {
+        // One copy into wasm when the length is known (Stripe always sends it), instead
+        // of a crossing per stream chunk; the runtime holds the body to that length.
+        Some(_) => {
+            let buffer = wasm_bindgen_futures::JsFuture::from(raw.array_buffer()?).await?;
+            let body = worker::js_sys::Uint8Array::new(&buffer).to_vec();
+            Some(body).filter(|b| b.len() as u64 <= config.max_body_bytes)
+        }
+        None => read_capped(&mut Request::from(raw), config.max_body_bytes).await?,
+    };
+    let Some(body) = body else {
         return answer(too_large, started);
     };
-    let signature = req.headers().get("stripe-signature")?;
     let tags = subtle::tags(&config.webhook_secrets, signature.as_deref(), &body).await;
     let delivery = Delivery {
         signature: signature.as_deref(),
@@ -278,4 +313,27 @@ pub fn internal_error(e: &worker::Error) -> Result<Response> {
         body: serde_json::json!({"error": "internal error"}),
         allow: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn the_path_is_cut_from_a_serialised_url() {
+        assert_eq!(
+            path_of("https://h.example/webhooks/stripe"),
+            "/webhooks/stripe"
+        );
+        assert_eq!(
+            path_of("http://127.0.0.1:8787/webhooks/stripe?x=1#f"),
+            "/webhooks/stripe"
+        );
+        assert_eq!(path_of("https://h.example"), "/");
+        assert_eq!(path_of("https://h.example/?q"), "/");
+        assert_eq!(
+            path_of("https://h.example/admin/purchases/cs_1"),
+            "/admin/purchases/cs_1"
+        );
+    }
 }
