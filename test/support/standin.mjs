@@ -23,8 +23,12 @@
 //   hangNext(service, n)                never answer (until reset()/stop()); no work done
 //   delayNext(service, n, ms)           do the work at once, answer after `ms`
 //   closeNext(service, n)               destroy the socket without answering; no work done
+//
+// Chaos (the load and fault soak, bench/soak.mjs): chaos({ failRate, hangRate, closeRate,
+// slowRate, seed, ... }) turns on seeded random faults for every call that no queued
+// fault above claims. See the "Chaos" block below.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 
 const SERVICES = ['license', 'shipping', 'stripe'];
@@ -115,7 +119,7 @@ export async function startStandin() {
     if (service === 'stripe') call.requestId = rand('req');
     const headers = call.requestId ? { 'request-id': call.requestId } : {};
 
-    const fault = faults.get(service)?.shift();
+    const fault = faults.get(service)?.shift() ?? chaosFault(service, call, req);
     if (fault?.kind === 'fail') {
       call.outcome = 'failed';
       call.status = fault.status;
@@ -329,6 +333,71 @@ export async function startStandin() {
     return [200, { object: 'list', data, has_more: hasMore, url }];
   }
 
+  // ---- Chaos: seeded random faults for the soak (bench/soak.mjs) ----------------------
+  // Kept in one block, apart from the routes, so that both can change independently.
+  //
+  // Each call that no queued fault claims draws one number in [0, 1) and, by the rates,
+  // gets one of:
+  //   fail   answer `failStatus` (503) with an error body; no work done
+  //   hang   answer nothing; after `hangMs` (set it above the Worker's UPSTREAM_TIMEOUT_MS)
+  //          the socket is destroyed, so nothing stays open; no work done
+  //   close  destroy the socket at once without answering; no work done
+  //   slow   do the work at once, answer after `hangMs`: the Worker has given up by then,
+  //          so the work is done but the answer is lost (only the Idempotency-Key saves
+  //          the retry from doing it twice)
+  //   none   a normal answer
+  // The draw is a hash of (seed, service, the call's key, how many calls with that key came
+  // before), where the key is the Idempotency-Key, else method + path + query. So with the
+  // same seed and the same ids, the n-th attempt of a given call always meets the same fate,
+  // whatever the interleaving of concurrent requests: a failing soak can be replayed.
+  let chaos = null;
+
+  function chaosFault(service, call, req) {
+    if (!chaos || !chaos.services.includes(service)) return undefined;
+    const key = call.headers['idempotency-key'] ?? `${call.method} ${call.path}${call.search}`;
+    const counterKey = `${service}\u0000${key}`;
+    const n = chaos.seen.get(counterKey) ?? 0;
+    chaos.seen.set(counterKey, n + 1);
+    const digest = createHash('sha256').update(`${chaos.seed}\u0000${counterKey}\u0000${n}`).digest();
+    const x = digest.readUInt32BE(0) / 2 ** 32;
+    let kind = 'none';
+    let edge = 0;
+    for (const k of ['fail', 'hang', 'close', 'slow']) {
+      edge += chaos.rates[k];
+      if (x < edge) { kind = k; break; }
+    }
+    chaos.stats[service][kind] += 1;
+    if (kind === 'none') return undefined;
+    call.chaos = kind;
+    if (kind === 'fail') return { kind: 'fail', status: chaos.failStatus };
+    if (kind === 'close') return { kind: 'close' };
+    if (kind === 'slow') return { kind: 'delay', ms: chaos.hangMs };
+    // hang: the queued-fault code parks the response; this timer ends it.
+    const socket = req.socket;
+    const timer = setTimeout(() => socket.destroy(), chaos.hangMs);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+    return { kind: 'hang' };
+  }
+
+  function startChaos({
+    failRate = 0.3, hangRate = 0, closeRate = 0, slowRate = 0,
+    failStatus = 503, hangMs = 3_000, seed = 1, services = SERVICES,
+  } = {}) {
+    const rates = { fail: failRate, hang: hangRate, close: closeRate, slow: slowRate };
+    for (const [k, r] of Object.entries(rates)) {
+      if (typeof r !== 'number' || !(r >= 0 && r <= 1)) throw new Error(`chaos ${k}Rate must be in [0, 1], got ${r}`);
+    }
+    const total = failRate + hangRate + closeRate + slowRate;
+    if (total > 1 + 1e-9) throw new Error(`chaos rates add up to ${total} > 1`);
+    if (!Number.isInteger(failStatus) || failStatus < 100 || failStatus > 599) throw new Error(`bad failStatus ${failStatus}`);
+    if (!Number.isFinite(hangMs) || hangMs < 0) throw new Error(`bad hangMs ${hangMs}`);
+    for (const s of services) if (!SERVICES.includes(s)) throw new Error(`unknown service ${s} (one of ${SERVICES.join(', ')})`);
+    const stats = Object.fromEntries(SERVICES.map((s) => [s, { none: 0, fail: 0, hang: 0, close: 0, slow: 0 }]));
+    chaos = { rates, failStatus, hangMs, seed: String(seed), services: [...services], seen: new Map(), stats };
+  }
+  // ---- end of Chaos ---------------------------------------------------------------------
+
   function queueFault(service, n, fault) {
     if (!faults.has(service)) throw new Error(`unknown service ${service} (one of ${SERVICES.join(', ')})`);
     if (!Number.isInteger(n) || n < 1) throw new Error(`n must be a positive integer, got ${n}`);
@@ -366,6 +435,7 @@ export async function startStandin() {
       stripeKeys = new Map();
       promotionCodes = [];
       coupons = new Map();
+      chaos = null;
     },
     failNext(service, n = 1, status = 500) { queueFault(service, n, { kind: 'fail', status }); },
     hangNext(service, n = 1) { queueFault(service, n, { kind: 'hang' }); },
@@ -392,6 +462,14 @@ export async function startStandin() {
     shipmentsCreated: () => shipments.slice(),
     /** Calls recorded for one service. */
     callsTo: (service) => calls.filter((c) => c.service === service),
+    // ---- Chaos (see the block above) ----
+    /** Turns on seeded random faults: { failRate, hangRate, closeRate, slowRate, failStatus, hangMs, seed, services }. */
+    chaos(options) { startChaos(options); },
+    /** Turns random faults off (queued faults still apply). */
+    chaosOff() { chaos = null; },
+    /** Draws so far, by service and kind: { license: { none, fail, hang, close, slow }, … }; null when off. */
+    chaosStats: () => (chaos ? structuredClone(chaos.stats) : null),
+    // ---- end of Chaos ----
     async stop() {
       if (stopped) return;
       stopped = true;

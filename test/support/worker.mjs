@@ -255,6 +255,10 @@ export async function startWorker({ vars = {}, secrets = {}, migrate = true, tom
     return {
       url,
       dir,
+      /** Process id of `wrangler dev` (the leader of its process group; workerd runs in it). */
+      pid: child.pid,
+      /** wrangler's inspector port (Chrome DevTools Protocol) for the Worker. */
+      inspectorPort,
       /** Everything wrangler dev (and the Worker) printed so far. */
       logs: () => output,
       /** Runs SQL against the worker's local D1; resolves with the rows as objects. */
