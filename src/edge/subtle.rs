@@ -18,7 +18,14 @@ use crate::config::Secret;
 use crate::signature::{self, Tag};
 
 /// Bodies at least this large are hashed by SubtleCrypto.
-pub const MIN_BYTES: usize = 16 * 1024;
+pub const MIN_BYTES: usize = 4 * 1024;
+
+thread_local! {
+    /// Imported HMAC keys, per secret: the settings live as long as the isolate, and
+    /// importing costs a promise round trip per secret and delivery.
+    static KEYS: std::cell::RefCell<Vec<(Vec<u8>, web_sys::CryptoKey)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The tags of the header's timestamp and `body` under each secret, in order; `None`
 /// when the body is small, the header unreadable (the verifier reports why), or
@@ -52,6 +59,29 @@ fn subtle() -> Result<web_sys::SubtleCrypto, JsValue> {
 }
 
 async fn sign(subtle: &web_sys::SubtleCrypto, secret: &[u8], data: &[u8]) -> Result<Tag, JsValue> {
+    let key = key(subtle, secret).await?;
+    let mac = JsFuture::from(subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
+    // An ArrayBuffer of 32 bytes.
+    let mac = Uint8Array::new(&mac);
+    let mut tag = [0u8; 32];
+    if mac.length() != 32 {
+        return Err("HMAC-SHA256 is not 32 bytes".into());
+    }
+    mac.copy_to(&mut tag);
+    Ok(tag)
+}
+
+/// The HMAC key of `secret`, imported once per isolate.
+async fn key(subtle: &web_sys::SubtleCrypto, secret: &[u8]) -> Result<web_sys::CryptoKey, JsValue> {
+    let cached = KEYS.with(|keys| {
+        let keys = keys.borrow();
+        keys.iter()
+            .find(|(s, _)| s == secret)
+            .map(|(_, k)| k.clone())
+    });
+    if let Some(key) = cached {
+        return Ok(key);
+    }
     let algorithm = Object::new();
     Reflect::set(&algorithm, &"name".into(), &"HMAC".into())?;
     Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into())?;
@@ -62,13 +92,6 @@ async fn sign(subtle: &web_sys::SubtleCrypto, secret: &[u8], data: &[u8]) -> Res
     )
     .await?
     .dyn_into::<web_sys::CryptoKey>()?;
-    let mac = JsFuture::from(subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
-    // An ArrayBuffer of 32 bytes.
-    let mac = Uint8Array::new(&mac);
-    let mut tag = [0u8; 32];
-    if mac.length() != 32 {
-        return Err("HMAC-SHA256 is not 32 bytes".into());
-    }
-    mac.copy_to(&mut tag);
-    Ok(tag)
+    KEYS.with(|keys| keys.borrow_mut().push((secret.to_vec(), key.clone())));
+    Ok(key)
 }
