@@ -321,6 +321,20 @@ fn wire(reply: &CheckoutReply) -> (u16, Vec<(&'static str, String)>, Option<Stri
     )
 }
 
+/// [`wire`] with the session id in the checkout URL blanked: what a caller could compare
+/// across two sessions.
+fn shape(reply: &CheckoutReply) -> (u16, Vec<(&'static str, String)>, Option<String>) {
+    let (status, headers, body) = wire(reply);
+    let body = body.map(|b| match b.find("cs_test_") {
+        Some(at) => {
+            let end = b[at..].find('"').map_or(b.len(), |e| at + e);
+            format!("{}cs_test_…{}", &b[..at], &b[end..])
+        }
+        None => b,
+    });
+    (status, headers, body)
+}
+
 const SPRING: &str = "SPRING25";
 
 fn active_code(id: &str, coupon: &str) -> String {
@@ -712,9 +726,11 @@ fn an_embedded_coupon_without_its_restriction_is_read_again() {
 }
 
 /// Every way a code can fail answers exactly like no code: same status, same headers,
-/// same body bytes (the same session, since the form and so the key are the same).
+/// the same body but for the session id. Not the same session: a code, dropped or not,
+/// gets its own Idempotency-Key, so a caller reusing one key cannot tell a dropped
+/// code (the no-code session again) from an applied one (a new session).
 #[test]
-fn an_invalid_code_answers_byte_for_byte_like_no_code() {
+fn an_invalid_code_answers_like_no_code_with_a_session_of_its_own() {
     type Setup = Box<dyn Fn(&FakeStripe)>;
     let cases: [(&str, Setup, Dropped); 9] = [
         ("unknown", Box::new(|_| {}), Dropped::Unknown),
@@ -807,13 +823,48 @@ fn an_invalid_code_answers_byte_for_byte_like_no_code() {
         let (decision, coded) =
             shop.post(r#"{"product":"pro","quantity":2,"promotion_code":"SPRING25"}"#);
         assert_eq!(decision.promotion, Promotion::Dropped(dropped), "{what}");
-        assert_eq!(wire(&coded), wire(&plain), "{what}");
+        assert_eq!(shape(&coded), shape(&plain), "{what}");
+        assert_ne!(
+            wire(&coded).2,
+            wire(&plain).2,
+            "{what}: a session of its own"
+        );
         assert_eq!(shop.last_form(), plain_form, "{what}");
         let line = shop.last_log();
         assert_eq!(line["promotion"], "dropped", "{what}");
         assert_eq!(line["promotion_dropped"], dropped.as_str(), "{what}");
         assert!(!shop.log.joined().contains(SPRING), "{what}");
     }
+}
+
+#[test]
+fn a_double_click_with_the_same_code_gets_the_same_session_and_another_code_another() {
+    let shop = Shop::new();
+    let coded = |code: &str| format!(r#"{{"product":"pro","promotion_code":"{code}"}}"#);
+    let first = shop.post(&coded("GUESS1")).1;
+    let again = shop.post(&coded("GUESS1")).1;
+    let other = shop.post(&coded("GUESS2")).1;
+    assert_eq!(wire(&first), wire(&again));
+    assert_ne!(wire(&first).2, wire(&other).2);
+    assert_eq!(shape(&first), shape(&other));
+}
+
+#[test]
+fn an_ipv6_block_is_throttled_at_a_multiple_of_the_limit_across_its_slash_64s() {
+    let shop = Shop::new(); // CHECKOUT_CODE_ATTEMPTS = 3: a /48 gets 3 × 4 = 12
+    let body = r#"{"product":"pro","promotion_code":"GUESS"}"#;
+    let limit = 3 * throttle::SLASH_48_FACTOR;
+    for n in 0..limit {
+        // A fresh /64 of the same /48 each time: the /64 counter never trips.
+        let ip = format!("2001:db8:7:{n:x}::1");
+        assert_eq!(shop.post_from(&ip, None, body).1.status, 200, "attempt {n}");
+    }
+    assert_eq!(shop.post_from("2001:db8:7:ff::1", None, body).1.status, 429);
+    assert_eq!(
+        shop.post_from("2001:db8:8:0::1", None, body).1.status,
+        200,
+        "another /48"
+    );
 }
 
 #[test]

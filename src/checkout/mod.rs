@@ -284,28 +284,36 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
     if let Some(code) = &order.code {
         let settings = &deps.config.checkout;
         let window = throttle::window(deps.clock.now_ms(), settings.code_window_secs);
-        let attempts = deps
-            .throttle
-            .hit(
-                &throttle::client_key(ready.key, request.client_ip),
-                window.start,
-            )
-            .await
-            .map_err(Refusal::Unavailable)?;
-        decision.code_attempts = Some(attempts);
-        if attempts > settings.code_attempts {
-            return Err(Refusal::RateLimited {
-                retry_after_secs: window.retry_after_secs,
-            });
+        for (i, (key, factor)) in throttle::client_keys(ready.key, request.client_ip)
+            .into_iter()
+            .enumerate()
+        {
+            let count = deps
+                .throttle
+                .hit(&key, window.start)
+                .await
+                .map_err(Refusal::Unavailable)?;
+            if i == 0 {
+                decision.code_attempts = Some(count);
+            }
+            if count > settings.code_attempts.saturating_mul(factor) {
+                return Err(Refusal::RateLimited {
+                    retry_after_secs: window.retry_after_secs,
+                });
+            }
         }
         let resolved =
             promo::resolve(&api, deps.upstream, deps.clock, deadline, code, product).await;
         decision.promotion = resolved.promotion;
         decision.promotion_request_id = resolved.request_id;
     }
+    let code_tag = order
+        .code
+        .as_deref()
+        .map(|c| throttle::code_tag(ready.key, c));
     let prepare = |discount: Option<&str>| {
         let form = session_form(ready.app_url, &order.slug, product, quantity, discount);
-        let key = stripe::idempotency_key(key_source, &form.encode());
+        let key = stripe::idempotency_key(key_source, code_tag.as_deref(), &form.encode());
         (form, key)
     };
     let discount = match &decision.promotion {

@@ -140,7 +140,10 @@ pub enum KeySource<'a> {
 /// The Idempotency-Key sent to Stripe: a SHA-256 of its source and of the exact form,
 /// so any change of product, quantity or discount is a new key and Stripe never sees
 /// a key reused with other parameters (which it refuses with a 400).
-pub fn idempotency_key(source: KeySource<'_>, form_body: &str) -> String {
+///
+/// `code_tag` ([`super::throttle::code_tag`]) is set when the request carried a
+/// promotion code, valid or not, so each code gets its own session.
+pub fn idempotency_key(source: KeySource<'_>, code_tag: Option<&str>, form_body: &str) -> String {
     let mut hash = Sha256::new().chain_update(b"stripe-edge:checkout-session:v2\n");
     match source {
         KeySource::Client { ip, key } => {
@@ -153,6 +156,10 @@ pub fn idempotency_key(source: KeySource<'_>, form_body: &str) -> String {
             hash.update(b"nonce\n");
             hash.update(nonce.as_bytes());
         }
+    }
+    if let Some(tag) = code_tag {
+        hash.update(b"\ncode\n");
+        hash.update(tag.as_bytes());
     }
     hash.update(b"\n");
     hash.update(form_body.as_bytes());
@@ -312,26 +319,44 @@ mod tests {
     #[test]
     fn the_idempotency_key_follows_the_client_key_the_address_and_the_form() {
         let client = |ip, key| KeySource::Client { ip: Some(ip), key };
-        let key = idempotency_key(client("203.0.113.7", "click-1"), "mode=payment");
+        let key = idempotency_key(client("203.0.113.7", "click-1"), None, "mode=payment");
         assert_eq!(
             key,
-            idempotency_key(client("203.0.113.7", "click-1"), "mode=payment")
+            idempotency_key(client("203.0.113.7", "click-1"), None, "mode=payment")
         );
         assert_ne!(
             key,
-            idempotency_key(client("203.0.113.7", "click-2"), "mode=payment")
+            idempotency_key(client("203.0.113.7", "click-2"), None, "mode=payment")
         );
         assert_ne!(
             key,
-            idempotency_key(client("203.0.113.8", "click-1"), "mode=payment")
+            idempotency_key(client("203.0.113.8", "click-1"), None, "mode=payment")
         );
         assert_ne!(
             key,
-            idempotency_key(client("203.0.113.7", "click-1"), "mode=subscription")
+            idempotency_key(client("203.0.113.7", "click-1"), None, "mode=subscription")
+        );
+        // A promotion code, applied or dropped, is a key of its own.
+        let with_code = idempotency_key(
+            client("203.0.113.7", "click-1"),
+            Some("tag1"),
+            "mode=payment",
+        );
+        assert_ne!(key, with_code);
+        assert_ne!(
+            with_code,
+            idempotency_key(
+                client("203.0.113.7", "click-1"),
+                Some("tag2"),
+                "mode=payment"
+            )
         );
         // Without a client key, each request has its own.
-        let a = idempotency_key(KeySource::Nonce("n1"), "mode=payment");
-        assert_ne!(a, idempotency_key(KeySource::Nonce("n2"), "mode=payment"));
+        let a = idempotency_key(KeySource::Nonce("n1"), None, "mode=payment");
+        assert_ne!(
+            a,
+            idempotency_key(KeySource::Nonce("n2"), None, "mode=payment")
+        );
         assert!(key.len() <= 255 && !key.contains("203.0.113.7") && !key.contains("click"));
     }
 }

@@ -41,29 +41,64 @@ pub fn window(now_ms: u64, length_secs: u64) -> Window {
     }
 }
 
-/// The counter's key for a client address: an HMAC-SHA256 keyed with `secret` (the
-/// Stripe API key checkout needs anyway), so D1 never holds an address, and the rows
-/// cannot be turned back into addresses by hashing all 2^32 IPv4 ones. Rotating the
-/// key only restarts the counts.
-/// An IPv6 client is keyed by its /64, the block one subscriber gets: otherwise a
-/// single host could rotate through 2^64 addresses and never be throttled. Without
-/// an address (not behind Cloudflare) every such caller shares one key.
-pub fn client_key(secret: &Secret, ip: Option<&str>) -> String {
-    let subject = match ip.map(str::trim).map(|ip| (ip, ip.parse::<IpAddr>())) {
+/// How many times `CHECKOUT_CODE_ATTEMPTS` an IPv6 /48 may spend in one window: one
+/// /48 holds 65,536 /64s, so counting only /64s would let one tunnel-broker allocation
+/// multiply the limit 65,536 times; several subscribers of one ISP may share a /48,
+/// hence a multiple rather than the limit itself.
+pub const SLASH_48_FACTOR: u32 = 4;
+
+/// The counters a request with a code is charged to: (key, limit factor). An IPv6
+/// client is charged to its /64 (what one subscriber gets: otherwise one host could
+/// rotate through 2^64 addresses) and to its /48 at [`SLASH_48_FACTOR`] times the
+/// limit. Without an address (not behind Cloudflare, which always sets
+/// `CF-Connecting-IP`) every such caller shares one key.
+pub fn client_keys(secret: &Secret, ip: Option<&str>) -> Vec<(String, u32)> {
+    let key = |subject: &str| keyed(secret, subject);
+    match ip.map(str::trim).map(|ip| (ip, ip.parse::<IpAddr>())) {
         Some((_, Ok(IpAddr::V6(v6)))) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            vec![
+                (
+                    key(&format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])),
+                    1,
+                ),
+                (
+                    key(&format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])),
+                    SLASH_48_FACTOR,
+                ),
+            ]
         }
-        Some((_, Ok(IpAddr::V6(v6)))) => v6.to_ipv4_mapped().unwrap().to_string(),
-        Some((_, Ok(IpAddr::V4(v4)))) => v4.to_string(),
-        Some((raw, Err(_))) => raw.to_string(),
-        None => "unknown".to_string(),
-    };
+        Some((_, Ok(IpAddr::V6(v6)))) => {
+            vec![(key(&v6.to_ipv4_mapped().unwrap().to_string()), 1)]
+        }
+        Some((_, Ok(IpAddr::V4(v4)))) => vec![(key(&v4.to_string()), 1)],
+        Some((raw, Err(_))) => vec![(key(raw), 1)],
+        None => vec![(key("unknown"), 1)],
+    }
+}
+
+/// The first (finest) counter key of an address; see [`client_keys`].
+pub fn client_key(secret: &Secret, ip: Option<&str>) -> String {
+    client_keys(secret, ip).swap_remove(0).0
+}
+
+/// An HMAC-SHA256 keyed with `secret` (the Stripe API key checkout needs anyway), so
+/// D1 never holds an address, and the rows cannot be turned back into addresses by
+/// hashing all 2^32 IPv4 ones. Rotating the key only restarts the counts.
+fn keyed(secret: &Secret, subject: &str) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC takes a key of any length");
     mac.update(b"stripe-edge:checkout-code:");
     mac.update(subject.as_bytes());
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// What the Idempotency-Key of a request with a promotion code includes: a keyed hash
+/// of the code, so each code gets its own session. Otherwise a caller reusing one
+/// Idempotency-Key could tell a dropped code (Stripe replays the no-code session) from
+/// an applied one (a new session) by the URL alone.
+pub fn code_tag(secret: &Secret, code: &str) -> String {
+    keyed(secret, &format!("code:{code}"))
 }
 
 /// An in-memory counter for native tests; can be told to fail like an unreachable D1.
@@ -131,6 +166,22 @@ mod tests {
         assert_ne!(key, client_key(Some("203.0.113.8")));
         assert_eq!(key, client_key(Some(" 203.0.113.7 ")));
         assert_eq!(key, client_key(Some("::ffff:203.0.113.7")));
+    }
+
+    #[test]
+    fn ipv6_clients_are_also_charged_to_their_slash_48_at_a_multiple() {
+        let secret = Secret::new("sk_test_unit");
+        let a = client_keys(&secret, Some("2001:db8:1:2::1"));
+        let b = client_keys(&secret, Some("2001:db8:1:3::1"));
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0].0, b[0].0, "other /64");
+        assert_eq!(
+            (a[1].0.as_str(), a[1].1),
+            (b[1].0.as_str(), SLASH_48_FACTOR),
+            "same /48"
+        );
+        assert_ne!(a[1].0, client_keys(&secret, Some("2001:db8:2:3::1"))[1].0);
+        assert_eq!(client_keys(&secret, Some("203.0.113.7")).len(), 1);
     }
 
     #[test]
