@@ -1,13 +1,20 @@
 // Whole Workers side by side on the same runtime: this Rust Worker (build/) against the
-// reference JavaScript Worker (bench/reference/, the official `stripe` package), both
-// under Miniflare, which runs the workerd binary wrangler ships, without wrangler
-// dev's proxy and its logging (they cost several ms of CPU per request and drown the
-// difference). Each Worker gets its own workerd process, so /proc/<pid>/stat gives
-// each one's CPU. Same signed deliveries (unique ids) for both, rounds alternating.
+// reference JavaScript Worker (bench/reference/, the official `stripe` package, bundled
+// by `wrangler deploy --dry-run`), both under Miniflare, which runs the workerd binary
+// wrangler ships, without wrangler dev's proxy and its logging (they cost several ms of
+// CPU per request and drown the difference). Each Worker gets its own workerd process,
+// so /proc/<pid>/stat gives each one's CPU. Same signed deliveries (unique ids) for
+// both, rounds alternating. Two floors run beside them: `floor` only reads the body and
+// answers 200 (what workerd and Miniflare cost per request before any Worker code), and
+// `d1floor` is the reference without verification (JSON.parse, the same D1 insert, log
+// line and answer): what each Worker spends above it is verification and its glue.
 //
-// Run: bash bench/workers.sh   (builds both, then this file). Knobs: ROUNDS (3),
-// DELIVERIES per round and size (600), CONCURRENCY (8).
+// Run: bash bench/workers.sh   (builds both, then this file). Knobs: ROUNDS (5),
+// DELIVERIES per round and size (600), CONCURRENCY (8), SIZES_KB (1,10,100),
+// STARTUP_RUNS (3), WRANGLER_STARTUP (1; 0 skips the wrangler dev startup),
+// DEADLINE_S (480: the whole run gives up, and stops everything it started, after it).
 
+import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,14 +26,17 @@ import { startWorker } from '../test/support/worker.mjs';
 import Stripe from 'stripe';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
 const DELIVERIES = Number(process.env.DELIVERIES ?? 600);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
 const SIZES_KB = (process.env.SIZES_KB ?? '1,10,100').split(',').map(Number);
+const STARTUP_RUNS = Number(process.env.STARTUP_RUNS ?? 3);
+const WRANGLER_STARTUP = process.env.WRANGLER_STARTUP !== '0';
+const DEADLINE_S = Number(process.env.DEADLINE_S ?? 480);
 const SECRET = 'whsec_bench_workers_secret';
-const CLK_TCK = 100; // Linux USER_HZ
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 const REQUEST_TIMEOUT_MS = 10_000;
-const COMPAT_DATE = '2026-11-01';
+const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
 
 const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
   .map((f) => readFileSync(path.join(ROOT, 'migrations', f), 'utf8'));
@@ -41,9 +51,35 @@ const WORKERS = {
   },
   js: {
     modules: true,
-    scriptPath: path.join(ROOT, 'bench/.build/reference.mjs'),
+    scriptPath: path.join(ROOT, 'bench/.build/reference/index.js'),
+  },
+  // The floor: reads the body (as both Workers do) and answers a small JSON, nothing else.
+  floor: {
+    modules: true,
+    script: `export default { async fetch(request) {
+      const body = await request.arrayBuffer();
+      return Response.json({ received: true, bytes: body.byteLength });
+    } };`,
+  },
+  // The D1 floor: the reference minus verification.
+  d1floor: {
+    modules: true,
+    script: `const INSERT = ${JSON.stringify(
+      'INSERT INTO events (id, type, livemode, api_version, created, object_id, disposition, received_at) '
+      + 'VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id',
+    )};
+    export default { async fetch(request, env) {
+      const event = JSON.parse(await request.text());
+      const row = await env.DB.prepare(INSERT).bind(event.id, event.type, event.livemode ? 1 : 0,
+        event.api_version ?? null, event.created ?? null, event.data?.object?.id ?? null, 'ignored', Date.now()).first();
+      const status = row ? 'ignored' : 'duplicate';
+      console.log(JSON.stringify({ level: 'info', msg: 'webhook recorded', event_id: event.id, event_type: event.type, status }));
+      return Response.json({ received: true, event_id: event.id, status });
+    } };`,
   },
 };
+const LABEL = { rust: 'Rust', js: 'JS', floor: 'floor: read body, answer 200', d1floor: 'D1 floor: JS reference without verification' };
+const FLOORS = new Set(['floor', 'd1floor']);
 
 /** The pids of workerd processes that are children of this process. */
 function workerdPids() {
@@ -76,13 +112,15 @@ function statements(sql) {
   return sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((s) => s.trim()).filter(Boolean);
 }
 
-async function start(name) {
+async function start(name, live) {
   const before = new Set(workerdPids());
   const t0 = performance.now();
   // Miniflare 5 takes a new options shape; the v4 one converts (and stays readable).
   const mf = new Miniflare(convertV4MiniflareOptions({
-    // Each Worker writes its log line, as in production; the bench reads and drops them.
-    handleRuntimeStdio: (stdout, stderr) => { stdout.resume(); stderr.resume(); },
+    // Each Worker writes its log line, as in production (workerd emits it as a
+    // structured log on stdout); Miniflare parses it and hands it here, to be dropped
+    // (Miniflare 5 ignores v4's handleRuntimeStdio and would print every line).
+    handleStructuredLogs: () => {},
     workers: [{
       name,
       ...WORKERS[name],
@@ -91,6 +129,7 @@ async function start(name) {
       bindings: { STRIPE_WEBHOOK_SECRET: SECRET },
     }],
   }));
+  live.add(mf);
   const url = await mf.ready;
   const ready = performance.now() - t0;
   const db = await mf.getD1Database('DB');
@@ -102,7 +141,20 @@ async function start(name) {
   const res = await post(url, first);
   if (res.status !== 200) throw new Error(`${name}: first delivery answered ${res.status}: ${res.text}`);
   const firstOk = performance.now() - t0;
+  if (!FLOORS.has(name)) await checkIngress(name, url, first);
   return { name, mf, url, pid, db, ready, firstOk };
+}
+
+/** Both Workers answer alike: 200 "duplicate" for a redelivery, 400 for a bad signature. */
+async function checkIngress(name, url, delivered) {
+  const again = await post(url, delivered);
+  if (again.status !== 200 || JSON.parse(again.text).status !== 'duplicate') {
+    throw new Error(`${name}: a redelivery answered ${again.status}: ${again.text}`);
+  }
+  const [fresh] = deliveries(1, 1);
+  const forged = { payload: fresh.payload.replace('"amount":2000', '"amount":2001'), header: fresh.header };
+  const bad = await post(url, forged);
+  if (bad.status !== 400) throw new Error(`${name}: a forged delivery answered ${bad.status}: ${bad.text}`);
 }
 
 let serial = 0;
@@ -154,10 +206,12 @@ async function load(worker, batch) {
 }
 
 /**
- * Startup under `wrangler dev`, the way a merchant runs it: from spawning wrangler to
- * its first answer ("ready"), then to the first 200 on a signed delivery.
+ * Startup under `wrangler dev`, the way a merchant runs it (test/support/worker.mjs):
+ * from the start (a `wrangler d1 migrations apply` run, then spawning `wrangler dev`;
+ * no build) to its first answer ("ready"), then to the first 200 on a signed delivery.
  */
 async function wranglerStartup(name) {
+  // wrangler dev bundles the reference itself, from source.
   const main = name === 'rust' ? path.join(ROOT, 'build/worker/shim.mjs') : path.join(ROOT, 'bench/reference/index.mjs');
   const t0 = performance.now();
   const worker = await startWorker({ main, secrets: { STRIPE_WEBHOOK_SECRET: SECRET } });
@@ -183,18 +237,42 @@ async function main() {
   console.log(`${ROUNDS} alternating rounds of ${DELIVERIES} deliveries per Worker and size, concurrency ${CONCURRENCY}\n`);
 
   const workers = [];
+  const live = new Set(); // every Miniflare not yet disposed, for the finally below
+  const t0 = performance.now();
   try {
-    for (const name of ['rust', 'js']) workers.push(await start(name));
-    console.log('| startup (Miniflare: process start → first 200 on a signed delivery, D1 migrated) | Rust | JS |');
+    // Startup: STARTUP_RUNS cold starts of each Worker under Miniflare, alternating
+    // which goes first; the last pair stays up for the load.
+    const startups = { rust: [], js: [] };
+    for (let r = 0; r < STARTUP_RUNS; r += 1) {
+      const order = r % 2 === 0 ? ['rust', 'js'] : ['js', 'rust'];
+      for (const name of order) {
+        const w = await start(name, live);
+        startups[name].push(w);
+        if (r < STARTUP_RUNS - 1) {
+          live.delete(w.mf);
+          await w.mf.dispose();
+        }
+      }
+    }
+    workers.push(startups.rust.at(-1), startups.js.at(-1), await start('floor', live), await start('d1floor', live));
+    // The median, then every run in order (the first start of the run reads from a cold page cache).
+    const med = (name, key) => {
+      const xs = startups[name].map((w) => w[key]);
+      return `${median(xs).toFixed(0)} ms (${xs.map((x) => x.toFixed(0)).join(', ')})`;
+    };
+    console.log(`| startup (median of ${STARTUP_RUNS} cold starts, alternating; each run in order) | Rust | JS |`);
     console.log('|---|---|---|');
-    console.log(`| runtime ready | ${workers[0].ready.toFixed(0)} ms | ${workers[1].ready.toFixed(0)} ms |`);
-    console.log(`| first 200 | ${workers[0].firstOk.toFixed(0)} ms | ${workers[1].firstOk.toFixed(0)} ms |`);
-    const dev = { rust: await wranglerStartup('rust'), js: await wranglerStartup('js') };
-    console.log(`| wrangler dev: spawn → ready (migrations applied first, build skipped) | ${dev.rust.ready.toFixed(0)} ms | ${dev.js.ready.toFixed(0)} ms |`);
-    console.log(`| wrangler dev: ready → first 200 | ${dev.rust.first.toFixed(0)} ms | ${dev.js.first.toFixed(0)} ms |\n`);
+    console.log(`| Miniflare: process start → runtime ready | ${med('rust', 'ready')} | ${med('js', 'ready')} |`);
+    console.log(`| Miniflare: process start → first 200 on a signed delivery (D1 migrated first) | ${med('rust', 'firstOk')} | ${med('js', 'firstOk')} |`);
+    if (WRANGLER_STARTUP) {
+      const dev = { rust: await wranglerStartup('rust'), js: await wranglerStartup('js') };
+      console.log(`| \`wrangler dev\` (one start each): start → first answer, including \`wrangler d1 migrations apply\`, no build | ${dev.rust.ready.toFixed(0)} ms | ${dev.js.ready.toFixed(0)} ms |`);
+      console.log(`| \`wrangler dev\`: first answer → first 200 on a signed delivery | ${dev.rust.first.toFixed(0)} ms | ${dev.js.first.toFixed(0)} ms |`);
+    }
+    console.log('');
 
-    console.log('| body | Worker | req/s | p50 | p99 | CPU s per 1,000 deliveries | workerd RSS after |');
-    console.log('|---|---|---|---|---|---|---|');
+    console.log('| body | Worker | req/s | p50 | p99 | workerd CPU s per 1,000 deliveries | above the floor | above the D1 floor | workerd RSS after |');
+    console.log('|---|---|---|---|---|---|---|---|---|');
     const summary = [];
     for (const kb of SIZES_KB) {
       const results = Object.fromEntries(workers.map((w) => [w.name, []]));
@@ -214,31 +292,68 @@ async function main() {
           p99: pct(lat, 99),
           cpu: median(runs.map((x) => (x.cpu / DELIVERIES) * 1000)),
         };
+      }
+      for (const w of workers) {
         const m = row[w.name];
-        console.log(`| ${kb} KB | ${w.name === 'rust' ? 'Rust' : 'JS'} | ${m.rps.toFixed(0)} | ${m.p50.toFixed(2)} ms | ${m.p99.toFixed(2)} ms | ${m.cpu.toFixed(3)} | ${rssMiB(w.pid).toFixed(0)} MiB |`);
+        const above = w.name === 'floor' ? '' : `${(m.cpu - row.floor.cpu).toFixed(3)}`;
+        const aboveD1 = FLOORS.has(w.name) ? '' : `${(m.cpu - row.d1floor.cpu).toFixed(3)}`;
+        console.log(`| ${kb} KB | ${LABEL[w.name]} | ${m.rps.toFixed(0)} | ${m.p50.toFixed(2)} ms | ${m.p99.toFixed(2)} ms | ${m.cpu.toFixed(3)} | ${above} | ${aboveD1} | ${rssMiB(w.pid).toFixed(0)} MiB |`);
       }
       summary.push({ kb, ...row });
     }
-    console.log('\n| body | req/s Rust ÷ JS (>1: Rust faster) | p50 Rust ÷ JS (<1: Rust faster) | p99 Rust ÷ JS | CPU per delivery Rust ÷ JS (<1: Rust cheaper) |');
-    console.log('|---|---|---|---|---|');
-    for (const { kb, rust, js } of summary) {
-      console.log(`| ${kb} KB | ${(rust.rps / js.rps).toFixed(2)}× | ${(rust.p50 / js.p50).toFixed(2)}× | ${(rust.p99 / js.p99).toFixed(2)}× | ${(rust.cpu / js.cpu).toFixed(2)}× |`);
+    const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a');
+    console.log('\n| body | req/s Rust ÷ JS (>1: Rust faster) | p50 Rust ÷ JS (<1: Rust faster) | p99 Rust ÷ JS | CPU per delivery Rust ÷ JS (<1: Rust cheaper) | CPU above the floor Rust ÷ JS | CPU Rust − JS (ms per delivery) |');
+    console.log('|---|---|---|---|---|---|---|');
+    // No ratio above the D1 floor: the reference's part there is within noise of zero.
+    for (const { kb, rust, js, floor: f } of summary) {
+      console.log(`| ${kb} KB | ${ratio(rust.rps, js.rps)} | ${ratio(rust.p50, js.p50)} | ${ratio(rust.p99, js.p99)} | ${ratio(rust.cpu, js.cpu)} | ${ratio(rust.cpu - f.cpu, js.cpu - f.cpu)} | ${(rust.cpu - js.cpu).toFixed(3)} |`);
     }
-    // Both Workers recorded every delivery exactly once.
-    for (const w of workers) {
+    // Both Workers (and the D1 floor) recorded every delivery exactly once.
+    for (const w of workers.filter((x) => x.name !== 'floor')) {
       const { results: [{ n }] } = await w.db.prepare('SELECT COUNT(*) AS n FROM events').all();
       const expected = 1 + SIZES_KB.length * (Math.min(100, DELIVERIES) + ROUNDS * DELIVERIES);
+      // (the redelivery and the forged delivery of checkIngress add no row)
       if (n !== expected) throw new Error(`${w.name}: ${n} events in D1, expected ${expected}`);
     }
-    console.log('\nD1 holds exactly one row per delivery for both Workers.');
+    console.log(`\nD1 holds exactly one row per delivery for both Workers; both answered a redelivery 200 "duplicate" and a forged one 400. CLK_TCK ${CLK_TCK}.`);
+    console.log(`Total ${((performance.now() - t0) / 1000).toFixed(0)} s.`);
   } finally {
-    await Promise.all(workers.map((w) => w.mf.dispose().catch(() => {})));
+    await Promise.all([...live].map((mf) => mf.dispose().catch(() => {})));
   }
 }
 
+/**
+ * SIGKILLs every process descended from this one (workerd under Miniflare, wrangler dev
+ * and the `wrangler d1 migrations apply` that test/support/worker.mjs runs before it,
+ * which no exit hook tracks). The whole tree is read before the first kill, so a child
+ * reparented to init by its parent's death is still found.
+ */
+function killDescendants() {
+  const children = new Map();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (!children.has(ppid)) children.set(ppid, []);
+      children.get(ppid).push(Number(entry));
+    } catch { /* gone */ }
+  }
+  const tree = [];
+  for (let i = 0, queue = [process.pid]; i < queue.length; i += 1) {
+    for (const child of children.get(queue[i]) ?? []) { tree.push(child); queue.push(child); }
+  }
+  for (const pid of tree) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+}
+// On any exit (the normal one finds nothing left), on a signal and past the deadline.
+process.on('exit', killDescendants);
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]]) process.on(signal, () => process.exit(code));
+
 const deadline = setTimeout(() => {
-  console.error('bench/workers.mjs: gave up after 15 minutes');
+  console.error(`bench/workers.mjs: gave up after ${DEADLINE_S} s`);
   process.exit(2);
-}, 15 * 60_000);
+}, DEADLINE_S * 1000);
 deadline.unref();
 await main();
