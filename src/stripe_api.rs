@@ -67,8 +67,13 @@ struct RawPaymentIntent {
 
 impl StripeApi<'_> {
     fn get(&self, path: String) -> HttpRequest {
+        self.request(Method::Get, path)
+    }
+
+    /// A call to `{base}{path}` with the key as bearer; checkout adds its POST body.
+    pub(crate) fn request(&self, method: Method, path: String) -> HttpRequest {
         HttpRequest {
-            method: Method::Get,
+            method,
             url: format!("{}{path}", self.base),
             headers: vec![("authorization", format!("Bearer {}", self.key.expose()))],
             body: None,

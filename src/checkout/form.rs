@@ -61,33 +61,34 @@ pub fn encode_component(text: &str) -> String {
 }
 
 #[cfg(test)]
+/// Decodes a form body the way a server does, for round-trip checks.
+pub(crate) fn decode(body: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        let mut bytes = Vec::new();
+        let raw = s.as_bytes();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'%' {
+                bytes.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                bytes.push(if raw[i] == b'+' { b' ' } else { raw[i] });
+                i += 1;
+            }
+        }
+        String::from_utf8(bytes).unwrap()
+    };
+    body.split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap();
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes a form body the way a server does, for round-trip checks.
-    fn decode(body: &str) -> Vec<(String, String)> {
-        let unescape = |s: &str| {
-            let mut bytes = Vec::new();
-            let raw = s.as_bytes();
-            let mut i = 0;
-            while i < raw.len() {
-                if raw[i] == b'%' {
-                    bytes.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                    i += 3;
-                } else {
-                    bytes.push(if raw[i] == b'+' { b' ' } else { raw[i] });
-                    i += 1;
-                }
-            }
-            String::from_utf8(bytes).unwrap()
-        };
-        body.split('&')
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap();
-                (unescape(k), unescape(v))
-            })
-            .collect()
-    }
 
     #[test]
     fn nested_keys_have_their_brackets_encoded() {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use futures_executor::block_on;
 
-use super::form::encode_component;
+use super::form::{decode, encode_component};
 use super::reply::{self, CheckoutReply};
 use super::throttle::MemoryThrottle;
 use super::*;
@@ -282,30 +282,6 @@ impl Shop {
     fn last_log(&self) -> serde_json::Value {
         serde_json::from_str(self.log.lines().last().unwrap()).unwrap()
     }
-}
-
-fn decode(body: &str) -> Vec<(String, String)> {
-    let unescape = |s: &str| {
-        let raw = s.as_bytes();
-        let mut bytes = Vec::new();
-        let mut i = 0;
-        while i < raw.len() {
-            if raw[i] == b'%' {
-                bytes.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                bytes.push(raw[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(bytes).unwrap()
-    };
-    body.split('&')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap();
-            (unescape(k), unescape(v))
-        })
-        .collect()
 }
 
 fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {

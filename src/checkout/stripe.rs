@@ -7,7 +7,6 @@ use sha2::{Digest, Sha256};
 
 use super::form::{encode_component, Form};
 use super::Pause;
-use crate::config::Secret;
 use crate::upstream::{
     Clock, Deadline, HttpRequest, HttpResponse, Method, TransportError, Upstream,
 };
@@ -18,11 +17,9 @@ const CREATE_ATTEMPTS: u32 = 3;
 /// Pause between those attempts; a session is usually created within half a second.
 const CONFLICT_PAUSE_MS: u64 = 400;
 
-/// Where and how to reach the Stripe API.
-pub struct Api<'a> {
-    pub base: &'a str,
-    pub key: &'a Secret,
-}
+/// Where and how to reach the Stripe API: the fulfilment's client, which checkout's
+/// calls below extend.
+pub use crate::stripe_api::StripeApi as Api;
 
 /// A call that did not give us what we needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,16 +164,6 @@ pub fn idempotency_key(source: KeySource<'_>, code_tag: Option<&str>, form_body:
 }
 
 impl Api<'_> {
-    fn request(&self, method: Method, path: String) -> HttpRequest {
-        HttpRequest {
-            method,
-            url: format!("{}{path}", self.base),
-            headers: vec![("authorization", format!("Bearer {}", self.key.expose()))],
-            body: None,
-            timeout_ms: 0,
-        }
-    }
-
     /// The active promotion code whose customer-facing code is `code`, if any.
     pub async fn find_promotion_code(
         &self,

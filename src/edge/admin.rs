@@ -1,6 +1,8 @@
 //! Glue of the ops API: runs an [`AdminRoute`] against D1 and the engine, and logs
 //! every call (who: a token fingerprint; what: the route; result: the status).
 
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 use worker::{Env, Request, Response, Result};
 
@@ -13,7 +15,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::log::Line;
 use crate::upstream::StepError;
 
-pub async fn handle(req: Request, env: Env, config: &Config) -> Result<Response> {
+pub async fn handle(req: Request, env: Env, config: Rc<Config>) -> Result<Response> {
     let started = now_ms();
     let authorization = req.headers().get("authorization")?;
     let fingerprint = match admin::authorize(config.admin_token.as_ref(), authorization.as_deref())
@@ -28,7 +30,7 @@ pub async fn handle(req: Request, env: Env, config: &Config) -> Result<Response>
         Ok(route) => route,
         Err(refusal) => return refused(refusal, Some(&fingerprint)),
     };
-    let runtime = Runtime::bind(&env, config.clone())?;
+    let runtime = Runtime::bind(&env, config)?;
     let (status, body) = match run(&route, &runtime, started).await {
         Ok(answer) => answer,
         Err(e) => {

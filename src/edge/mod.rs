@@ -1,6 +1,8 @@
 //! Edge glue: the only module that touches the request, the environment and bindings.
 //! It reads what the pure core needs, calls it, and writes the answer and the log.
 
+use std::rc::Rc;
+
 use futures_util::StreamExt;
 use worker::{
     console_error, console_log, console_warn, Env, Headers, Method, Request, Response, Result,
@@ -25,7 +27,8 @@ pub const DB_BINDING: &str = "DB";
 
 thread_local! {
     /// The settings of this isolate; their problems are logged once, when first read.
-    static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+    /// Shared, not cloned: a request takes a reference count, not a copy of the catalogue.
+    static CONFIG: std::cell::OnceCell<Rc<Config>> = const { std::cell::OnceCell::new() };
 }
 
 /// Writes log lines to the console, at the console level `wrangler tail` filters on.
@@ -51,14 +54,14 @@ pub type EdgeDeps<'a> = Deps<'a, D1Ledger, fetch::FetchUpstream, fetch::WorkerCl
 /// What every entry point works with: the settings, the D1 ledger and, when bound, the
 /// fulfilment queue's producer.
 pub struct Runtime {
-    pub config: Config,
+    pub config: Rc<Config>,
     pub ledger: D1Ledger,
     producer: Option<queue::QueueProducer>,
 }
 
 impl Runtime {
     /// Binds D1 (an error when it is not bound) and the queue (when bound).
-    pub fn bind(env: &Env, config: Config) -> Result<Self> {
+    pub fn bind(env: &Env, config: Rc<Config>) -> Result<Self> {
         Ok(Self {
             ledger: D1Ledger::new(env.d1(DB_BINDING)?),
             producer: queue::producer(env),
@@ -89,7 +92,7 @@ impl Runtime {
 /// under `wrangler dev`, a reload), which starts a new isolate. Reading ~25 names across
 /// the JavaScript boundary and re-parsing `PRODUCTS` on every request was measurable
 /// CPU in `bench/workers.sh`.
-pub fn load_config(env: &Env) -> Config {
+pub fn load_config(env: &Env) -> Rc<Config> {
     CONFIG.with(|cached| {
         cached
             .get_or_init(|| {
@@ -97,7 +100,7 @@ pub fn load_config(env: &Env) -> Config {
                 if let Some(line) = reply::config_line(&config) {
                     line.emit(&Console);
                 }
-                config
+                Rc::new(config)
             })
             .clone()
     })
@@ -118,7 +121,7 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
         (crate::checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
         (path, _) if path.starts_with(crate::admin::PREFIX) => {
             let config = load_config(&env);
-            admin::handle(Request::from(raw), env, &config).await
+            admin::handle(Request::from(raw), env, config).await
         }
         _ => answer(Decision::refused(Refusal::NotFound), started),
     }
