@@ -20,7 +20,7 @@
 // SOAK_SEED (1), SOAK_DUP_RATE (0.2), SOAK_FAIL_RATE (0.3), SOAK_HANG_RATE (0.02),
 // SOAK_CLOSE_RATE (0.03), SOAK_SLOW_RATE (0.02), SOAK_MAX_ATTEMPTS (30),
 // SOAK_DEADLINE_S (900), SOAK_RSS_BOUND_MIB (96), SOAK_RSS_CEILING_MIB (768), SOAK_JSON=1 (also print the result as JSON).
-// test/soak.test.mjs runs the same soak, smaller, under `npm test`.
+// e2e/soak.test.mjs runs the same soak, smaller, under `npm test`.
 //
 // Loopback only: the Worker (wrangler dev) and the stand-in listen on 127.0.0.1.
 // Reproducing a failure: the session and event ids derive from the seed, and the
@@ -32,10 +32,10 @@ import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { pathToFileURL } from 'node:url';
 
-import { logLines, until } from '../test/support/logs.mjs';
-import { startStandin } from '../test/support/standin.mjs';
-import { deliver, event } from '../test/support/stripe.mjs';
-import { startWorker } from '../test/support/worker.mjs';
+import { logLines, until } from '../e2e/support/logs.mjs';
+import { startStandin } from '../e2e/support/standin.mjs';
+import { deliver, event } from '../e2e/support/stripe.mjs';
+import { startWorker } from '../e2e/support/worker.mjs';
 
 export const DEFAULTS = Object.freeze({
   purchases: 2400,
@@ -66,7 +66,7 @@ export const DEFAULTS = Object.freeze({
 //   - the RSS grows by at most max(rssBoundMiB (96), 20 % of the mid-run RSS), and
 //   - it grows at most half as fast as over the first half (a leak keeps its slope).
 // The first bound catches a leak above ~30 KiB per delivery at 2,400 purchases (~9,000
-// deliveries), above ~18 KiB at 5,000. A shorter run (test/soak.test.mjs) is still
+// deliveries), above ~18 KiB at 5,000. A shorter run (e2e/soak.test.mjs) is still
 // warming up and can only be held to a ceiling, rssCeilingMiB (768): a runaway guard
 // (~0.8 MiB per delivery at 550 deliveries), not a leak detector.
 const STEADY_MIN_DELIVERIES = 4_000;
@@ -208,7 +208,7 @@ function slope(points) {
  */
 function makePurchases(o, rng) {
   const purchases = [];
-  // Stripe ids are [A-Za-z0-9_]; the Worker refuses others in API paths (src/stripe_api.rs).
+  // Stripe ids are [A-Za-z0-9_]; the Worker refuses others in API paths (core/src/stripe/api.rs).
   const seedTag = String(o.seed).replace(/[^A-Za-z0-9]/g, '') || 'x';
   for (let i = 0; i < o.purchases; i += 1) {
     const tag = `soak${seedTag}n${i}`;

@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
 
-import { startWorker } from '../test/support/worker.mjs';
+import { startWorker } from '../e2e/support/worker.mjs';
 import Stripe from 'stripe';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -206,7 +206,7 @@ async function load(worker, batch) {
 }
 
 /**
- * Startup under `wrangler dev`, the way a merchant runs it (test/support/worker.mjs):
+ * Startup under `wrangler dev`, the way a merchant runs it (e2e/support/worker.mjs):
  * from the start (a `wrangler d1 migrations apply` run, then spawning `wrangler dev`;
  * no build) to its first answer ("ready"), then to the first 200 on a signed delivery.
  */
@@ -324,7 +324,7 @@ async function main() {
 
 /**
  * SIGKILLs every process descended from this one (workerd under Miniflare, wrangler dev
- * and the `wrangler d1 migrations apply` that test/support/worker.mjs runs before it,
+ * and the `wrangler d1 migrations apply` that e2e/support/worker.mjs runs before it,
  * which no exit hook tracks). The whole tree is read before the first kill, so a child
  * reparented to init by its parent's death is still found.
  */

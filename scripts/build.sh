@@ -2,7 +2,7 @@
 # Builds the Rust crate into the Worker with worker-build: build/index_bg.wasm, its
 # JS glue build/index.js, and build/worker/shim.mjs (the `main` in wrangler.toml,
 # which re-exports index.js). wrangler.toml's [build] runs this before `wrangler dev`/`deploy`.
-# Skips the build when the output is newer than src/, Cargo.toml and Cargo.lock,
+# Skips the build when the output is newer than src/, core/, the manifests and Cargo.lock,
 # so `wrangler dev` starts fast and the tests build once. FORCE_BUILD=1 rebuilds.
 set -euo pipefail
 
@@ -14,9 +14,9 @@ WASM="build/index_bg.wasm"
 GLUE="build/index.js"
 
 if [[ "${FORCE_BUILD:-}" != "1" && -f "$SHIM" && -f "$WASM" && -f "$GLUE" ]]; then
-  newer="$(find src Cargo.toml Cargo.lock -newer "$SHIM" -print -quit 2>/dev/null || true)"
+  newer="$(find src core/src core/Cargo.toml Cargo.toml Cargo.lock -newer "$SHIM" -print -quit 2>/dev/null || true)"
   if [[ -z "$newer" ]]; then
-    echo "[build] up to date ($SHIM newer than src/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
+    echo "[build] up to date ($SHIM newer than src/, core/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
     exit 0
   fi
   echo "[build] $newer changed: rebuilding" >&2

@@ -17,16 +17,16 @@ source "$ROOT/scripts/bootstrap.sh"
 echo "node $(node --version), $(cargo --version), worker-build $(worker-build --version 2>/dev/null | head -n1)" >&2
 phase_done
 
-phase "cargo fmt --check"
-cargo fmt --check
+phase "cargo fmt --all --check"
+cargo fmt --all --check
 phase_done
 
-phase "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+phase "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 phase_done
 
-phase "cargo test"
-cargo test
+phase "cargo test --workspace"
+cargo test --workspace
 phase_done
 
 phase "fuzz smoke (scripts/fuzz.sh, ${FUZZ_SECS:-10} s per target)"
@@ -73,7 +73,7 @@ rm -rf "$dry"
 phase_done
 
 phase "end-to-end tests (node --test, $(node --version))"
-node --test --test-concurrency=1 --test-reporter=spec 'test/**/*.test.mjs'
+node --test --test-concurrency=1 --test-reporter=spec 'e2e/**/*.test.mjs'
 phase_done
 
 printf '\nall checks passed in %s s\n' "$((SECONDS - total_start))" >&2

@@ -1,174 +1,72 @@
-//! Queue mode, the pure part: the message, how the consumer decides between ack and
-//! retry, and the backoff.
-//!
-//! With a `FULFILLMENT_QUEUE` producer bound, ingress records the purchase's pending
-//! steps and sends one message per purchase, then answers 200 at once; the consumer
-//! (this same Worker) runs the same engine as inline mode through
-//! [`crate::engine::resume`]. Attempts are counted in the step rows (`steps.attempts`):
-//! workers-rs exposes no per-message attempt count, and the rows are what the ops API
-//! shows anyway.
+//! Queue mode's bindings: the `FULFILLMENT_QUEUE` producer, and the consumer entry that
+//! hands each message to `queue_mode::consumer` and carries out its verdict.
 
-use std::future::Future;
-use std::pin::Pin;
+use stripe_edge_core::log::Line;
+use stripe_edge_core::ports::{Enqueue, FulfilMessage};
+use stripe_edge_core::queue_mode::consumer;
+use stripe_edge_core::queue_mode::{is_dead_letter_queue, QueueVerdict};
+use worker::{js_sys, Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
-use serde::{Deserialize, Serialize};
+use crate::runtime::{load_config, Console, Runtime};
 
-use crate::engine::{ResumeError, RunOutcome};
+pub const QUEUE_BINDING: &str = "FULFILLMENT_QUEUE";
 
-/// One purchase to fulfil. Ids only: the consumer fetches the session from Stripe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FulfilMessage {
-    pub session_id: String,
-    pub event_id: String,
-}
+pub struct QueueProducer(pub worker::Queue);
 
-/// Sends messages to the fulfilment queue. Object-safe, so `Deps` carries it as an
-/// option without another type parameter.
-pub trait Enqueue {
+impl Enqueue for QueueProducer {
     fn enqueue<'a>(
         &'a self,
         message: &'a FulfilMessage,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
-}
-
-/// First retry delay; doubles per attempt.
-pub const BACKOFF_BASE_SECS: u32 = 10;
-/// Longest delay between two attempts.
-pub const BACKOFF_MAX_SECS: u32 = 15 * 60;
-/// Delay before looking again at a purchase another consumer or delivery holds.
-pub const BUSY_DELAY_SECS: u32 = 15;
-
-/// Exponential backoff with ±20 % jitter (`jitter` in 0..1 from the runtime's RNG), so
-/// messages that failed together do not come back together.
-pub fn backoff_secs(base: u32, attempts: u32, jitter: f64) -> u32 {
-    let exponent = attempts.saturating_sub(1).min(16);
-    let delay = (base.saturating_mul(1 << exponent)).min(BACKOFF_MAX_SECS);
-    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    ((f64::from(delay) * factor).round() as u32).clamp(1, BACKOFF_MAX_SECS)
-}
-
-/// What the consumer does with a message after running its purchase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Ack,
-    /// Run it again after this many seconds.
-    Retry(u32),
-    /// Attempts ran out: fail the waiting steps, raise the alert, and let the queue move
-    /// the message to the dead-letter queue.
-    Exhausted,
-}
-
-/// How the consumer retries: attempts before giving up, and the first backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_secs: u32,
-}
-
-/// Decides from the run's result and the most attempts any waiting step has had.
-pub fn decide(
-    result: &Result<RunOutcome, ResumeError>,
-    attempts: u32,
-    policy: RetryPolicy,
-    jitter: f64,
-) -> Verdict {
-    let RetryPolicy {
-        max_attempts,
-        base_secs,
-    } = policy;
-    match result {
-        Ok(RunOutcome::Complete | RunOutcome::Failed) => Verdict::Ack,
-        Ok(RunOutcome::Busy) => Verdict::Retry(BUSY_DELAY_SECS),
-        Ok(RunOutcome::Retry) if attempts >= max_attempts => Verdict::Exhausted,
-        Ok(RunOutcome::Retry) => Verdict::Retry(backoff_secs(base_secs, attempts, jitter)),
-        // Nothing to run: no steps recorded for this purchase.
-        Err(ResumeError::Unknown) => Verdict::Ack,
-        // The session could not be had from Stripe (down, refused, or no key): the
-        // consumer counts it as an attempt of the waiting steps, so it ends as a failed
-        // step, an alert and a dead letter, never as a silent ack.
-        Err(ResumeError::Session(_)) if attempts >= max_attempts => Verdict::Exhausted,
-        Err(_) => Verdict::Retry(backoff_secs(base_secs, attempts.max(1), jitter)),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move { self.0.send(message).await.map_err(|e| e.to_string()) })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::LedgerError;
+/// The producer, when this deployment binds one (queue mode).
+pub fn producer(env: &Env) -> Option<QueueProducer> {
+    env.queue(QUEUE_BINDING).ok().map(QueueProducer)
+}
 
-    #[test]
-    fn backoff_doubles_from_ten_seconds_to_fifteen_minutes_with_bounded_jitter() {
-        let mid: Vec<u32> = (1..=9)
-            .map(|a| backoff_secs(BACKOFF_BASE_SECS, a, 0.5))
-            .collect();
-        assert_eq!(mid, [10, 20, 40, 80, 160, 320, 640, 900, 900]);
-        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 1, 0.0), 8);
-        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 1, 1.0), 12);
-        assert_eq!(backoff_secs(BACKOFF_BASE_SECS, 40, 1.0), BACKOFF_MAX_SECS);
+/// Runs every message of a batch; each is acked or retried by itself, so one bad or
+/// failing message never holds back the others.
+pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
+    if is_dead_letter_queue(&batch.queue()) {
+        for message in batch.raw_iter() {
+            let verdict = consumer::dead_letter(&Console, decode(&message));
+            carry_out(&message, verdict);
+        }
+        return;
     }
-
-    const POLICY: RetryPolicy = RetryPolicy {
-        max_attempts: 6,
-        base_secs: BACKOFF_BASE_SECS,
+    let runtime = match Runtime::bind(&env, load_config(&env)) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            Line::error("queue batch failed")
+                .text("detail", &e.to_string())
+                .emit(&Console);
+            batch.retry_all();
+            return;
+        }
     };
-
-    #[test]
-    fn the_consumer_acks_finished_purchases_and_retries_the_rest() {
-        assert_eq!(
-            decide(&Ok(RunOutcome::Complete), 1, POLICY, 0.5),
-            Verdict::Ack
-        );
-        assert_eq!(
-            decide(&Ok(RunOutcome::Failed), 1, POLICY, 0.5),
-            Verdict::Ack
-        );
-        assert_eq!(
-            decide(&Ok(RunOutcome::Busy), 1, POLICY, 0.5),
-            Verdict::Retry(BUSY_DELAY_SECS)
-        );
-        assert_eq!(
-            decide(&Ok(RunOutcome::Retry), 2, POLICY, 0.5),
-            Verdict::Retry(20)
-        );
-        assert_eq!(
-            decide(&Ok(RunOutcome::Retry), 6, POLICY, 0.5),
-            Verdict::Exhausted
-        );
-        assert_eq!(
-            decide(&Err(ResumeError::Unknown), 0, POLICY, 0.5),
-            Verdict::Ack
-        );
-        let down = ResumeError::Ledger(LedgerError {
-            operation: "x",
-            detail: "y".into(),
-        });
-        assert_eq!(decide(&Err(down), 0, POLICY, 0.5), Verdict::Retry(10));
+    let deps = runtime.deps(false);
+    for message in batch.raw_iter() {
+        let verdict = consumer::consume(&deps, decode(&message), js_sys::Math::random()).await;
+        carry_out(&message, verdict);
     }
+}
 
-    #[test]
-    fn a_session_stripe_refuses_is_retried_until_attempts_run_out_never_acked() {
-        use crate::upstream::StepError;
-        let refused = Err(ResumeError::Session(StepError::Permanent(
-            "Stripe API answered 404".into(),
-        )));
-        assert_eq!(decide(&refused, 1, POLICY, 0.5), Verdict::Retry(10));
-        assert_eq!(decide(&refused, 6, POLICY, 0.5), Verdict::Exhausted);
-        let down = Err(ResumeError::Session(StepError::Retryable(
-            "Stripe API answered 503".into(),
-        )));
-        assert_eq!(decide(&down, 2, POLICY, 0.5), Verdict::Retry(20));
-        assert_eq!(decide(&down, 6, POLICY, 0.5), Verdict::Exhausted);
-    }
+fn decode(message: &RawMessage) -> Option<FulfilMessage> {
+    let text = js_sys::JSON::stringify(&message.body()).ok()?.as_string()?;
+    consumer::decode(&text)
+}
 
-    #[test]
-    fn messages_are_ids_only() {
-        let message = FulfilMessage {
-            session_id: "cs_1".into(),
-            event_id: "evt_1".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&message).unwrap(),
-            r#"{"session_id":"cs_1","event_id":"evt_1"}"#
-        );
+fn carry_out(message: &RawMessage, verdict: QueueVerdict) {
+    match verdict {
+        QueueVerdict::Ack => message.ack(),
+        QueueVerdict::Retry(delay) => message.retry_with_options(
+            &QueueRetryOptionsBuilder::new()
+                .with_delay_seconds(delay)
+                .build(),
+        ),
+        QueueVerdict::Exhausted => message.retry(),
     }
 }

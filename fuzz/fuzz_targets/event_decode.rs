@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stripe_edge::event::decode;
+use stripe_edge_core::stripe::event::decode;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(event) = decode(data) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stripe_edge::signature::{sign_header, verify_at};
+use stripe_edge_core::stripe::signature::{sign_header, verify_at};
 
 const SECRET: &str = "whsec_fuzz";
 const NOW: i64 = 1_700_000_000;

@@ -1,0 +1,304 @@
+//! The fulfilment engine: runs each step of a purchase at most once, over the ledger
+//! and upstream traits, so the same code serves every entry point and native tests.
+//!
+//! For each step, in order: claim it (one conditional UPDATE: pending, or running with
+//! an expired lease), call the service, then settle the attempt (done, released back to
+//! pending, or failed), guarded by the attempt number so a holder whose lease was taken
+//! over cannot overwrite the new holder. A step someone else holds stops the run: the
+//! holder carries the purchase on, and this delivery is told to come back (409).
+
+pub mod license;
+pub mod plan;
+pub mod shipping;
+
+use crate::fulfilment::plan::{Purchase, Step};
+use crate::log::Line;
+use crate::ports::ledger::{Ledger, LedgerError, PurchaseState, Settlement, StepState};
+use crate::ports::Enqueue;
+use crate::ports::Sink;
+use crate::ports::{Clock, Upstream};
+use crate::settings::{Config, STRIPE_API_KEY};
+use crate::stripe::api::StripeApi;
+use crate::upstream::{call, Callee, Deadline, StepError};
+
+/// How long a claim holds a step. Longer than a delivery can take (10 s), so a lease
+/// only runs out when its holder died mid-call.
+pub const LEASE_MS: u64 = 20_000;
+
+/// What the engine works with; borrowed, so each entry point builds it from its own
+/// bindings (D1, `Fetch`, the console) and native tests from fakes.
+pub struct Deps<'a, L, U, C, S> {
+    pub config: &'a Config,
+    pub ledger: &'a L,
+    pub upstream: &'a U,
+    pub clock: &'a C,
+    pub log: &'a S,
+    /// The fulfilment queue when `FULFILLMENT_QUEUE` is bound (queue mode).
+    pub queue: Option<&'a dyn Enqueue>,
+}
+
+/// How one step ended for this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Done,
+    Failed,
+    /// Held by another delivery (or released an instant ago): come back later.
+    Busy,
+    /// Not done yet; a retry can help.
+    Retry,
+}
+
+/// How the whole purchase stands after this run, worst step first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Complete,
+    Failed,
+    Busy,
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: RunOutcome,
+    /// Whether this run claimed any step (tells a redelivery that did work from a mere duplicate).
+    pub ran: bool,
+    pub state: Option<PurchaseState>,
+}
+
+/// Opens the purchase (idempotently) and runs its steps that are not done.
+pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    started_ms: u64,
+) -> Result<Report, LedgerError> {
+    let session_id = purchase.session_id();
+    open(deps, purchase).await?;
+    let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
+    let mut outcomes = Vec::new();
+    let mut ran = false;
+    for step in &purchase.steps {
+        let (outcome, claimed) = run_step(deps, purchase, *step, deadline).await?;
+        ran |= claimed;
+        outcomes.push(outcome);
+        if outcome == StepOutcome::Busy {
+            break;
+        }
+    }
+    let state = if purchase.steps.is_empty() {
+        Some(PurchaseState::NothingToFulfil)
+    } else {
+        deps.ledger
+            .finish_purchase(session_id, deps.clock.now_ms())
+            .await?
+    };
+    Ok(Report {
+        outcome: aggregate(&outcomes),
+        ran,
+        state,
+    })
+}
+
+/// Why a purchase could not be resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The ledger has no steps for this session.
+    Unknown,
+    /// The Checkout Session could not be fetched from Stripe (or no key is set).
+    Session(StepError),
+    Ledger(LedgerError),
+}
+
+impl From<LedgerError> for ResumeError {
+    fn from(e: LedgerError) -> Self {
+        Self::Ledger(e)
+    }
+}
+
+/// Runs the steps of a purchase that are not done, without its event: for replays, the
+/// scheduled re-drive and the queue consumer. The ledger keeps no customer data, so the
+/// session is fetched from Stripe; each step still builds its request from the event
+/// that opened it, so the bodies match earlier attempts.
+pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    started_ms: u64,
+) -> Result<Report, ResumeError> {
+    let rows = deps.ledger.steps_of(session_id).await?;
+    let Some(first) = rows.first() else {
+        return Err(ResumeError::Unknown);
+    };
+    let key = deps
+        .config
+        .stripe_api_key
+        .as_ref()
+        .ok_or(ResumeError::Session(StepError::NotConfigured(
+            STRIPE_API_KEY,
+        )))?;
+    let stripe = StripeApi {
+        base: &deps.config.stripe_api_base,
+        key,
+    };
+    let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
+    let session = stripe
+        .checkout_session(deps.upstream, deps.clock, deadline, session_id)
+        .await
+        .map_err(ResumeError::Session)?;
+    let purchase = Purchase {
+        event_id: first.event_id.clone(),
+        livemode: session.livemode.unwrap_or(false),
+        steps: rows.iter().filter_map(|r| Step::parse(&r.step)).collect(),
+        session,
+    };
+    Ok(fulfil(deps, &purchase, started_ms).await?)
+}
+
+/// Records the purchase and its steps (idempotently: every event and redelivery may).
+pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+) -> Result<(), LedgerError> {
+    let session_id = purchase.session_id();
+    deps.ledger
+        .open_fulfilment(
+            session_id,
+            purchase.livemode,
+            &purchase.event_id,
+            &purchase.step_names(),
+            deps.clock.now_ms(),
+        )
+        .await?;
+    if purchase.steps.is_empty() {
+        Line::info("nothing to fulfil")
+            .id("session_id", session_id)
+            .emit(deps.log);
+    }
+    Ok(())
+}
+
+fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {
+    let any = |o| outcomes.contains(&o);
+    if any(StepOutcome::Busy) {
+        RunOutcome::Busy
+    } else if any(StepOutcome::Retry) {
+        RunOutcome::Retry
+    } else if any(StepOutcome::Failed) {
+        RunOutcome::Failed
+    } else {
+        RunOutcome::Complete
+    }
+}
+
+/// Returns the step's outcome and whether this run claimed it.
+async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    step: Step,
+    deadline: Deadline,
+) -> Result<(StepOutcome, bool), LedgerError> {
+    let session_id = purchase.session_id();
+    let now = deps.clock.now_ms();
+    let claimed = deps
+        .ledger
+        .claim_step(session_id, step.name(), now, now + LEASE_MS)
+        .await?;
+    let Some(claim) = claimed else {
+        return Ok((observe(deps, session_id, step).await?, false));
+    };
+    let attempt = claim.attempt;
+    // Built from the event that opened the step, so every attempt sends the same body
+    // under the same Idempotency-Key, whichever event drives the retry.
+    let pinned = Purchase {
+        event_id: claim.event_id,
+        ..purchase.clone()
+    };
+    let result = execute(deps, &pinned, step, deadline).await;
+    let settlement = match &result {
+        Ok(id) => Settlement::Done(id.clone()),
+        Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
+        Err(e) => Settlement::Release(e.message()),
+    };
+    let end = deps.clock.now_ms();
+    let settled = deps
+        .ledger
+        .settle_step(session_id, step.name(), attempt, &settlement, end)
+        .await?;
+    let (head, outcome) = match (&result, settled) {
+        (_, false) => (Line::warn("step lease lost"), StepOutcome::Busy),
+        (Ok(_), true) => (Line::info("step done"), StepOutcome::Done),
+        (Err(StepError::NotConfigured(setting)), true) => (
+            Line::error("step not configured").id("setting", setting),
+            StepOutcome::Retry,
+        ),
+        (Err(e), true) if e.is_permanent() => (
+            Line::error("step failed permanently").text("reason", &e.message()),
+            StepOutcome::Failed,
+        ),
+        (Err(e), true) => (
+            Line::warn("step will be retried").text("reason", &e.message()),
+            StepOutcome::Retry,
+        ),
+    };
+    let line = head
+        .id("session_id", session_id)
+        .id("event_id", &purchase.event_id)
+        .id("step", step.name())
+        .num("attempt", u64::from(attempt))
+        .num("duration_ms", end.saturating_sub(now));
+    line.emit(deps.log);
+    Ok((outcome, true))
+}
+
+/// What a step we could not claim is doing.
+async fn observe<L: Ledger, U, C, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    step: Step,
+) -> Result<StepOutcome, LedgerError> {
+    let row = deps.ledger.step(session_id, step.name()).await?;
+    let outcome = match row.map(|r| r.state) {
+        Some(StepState::Done) => StepOutcome::Done,
+        Some(StepState::Failed) => StepOutcome::Failed,
+        Some(StepState::Running | StepState::Pending) => StepOutcome::Busy,
+        None => StepOutcome::Retry,
+    };
+    if outcome == StepOutcome::Busy {
+        Line::info("step busy")
+            .id("session_id", session_id)
+            .id("step", step.name())
+            .emit(deps.log);
+    }
+    Ok(outcome)
+}
+
+async fn execute<L, U: Upstream, C: Clock, S>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    step: Step,
+    deadline: Deadline,
+) -> Result<String, StepError> {
+    match step {
+        Step::License => {
+            let service = license::configured(deps.config.license.as_ref())?;
+            let mut request = license::request(purchase, service)
+                .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))?;
+            if let Some(signer) = &deps.config.forward_signer {
+                signer.attach(&mut request, (deps.clock.now_ms() / 1000) as i64);
+            }
+            let body = call(
+                deps.upstream,
+                deps.clock,
+                deadline,
+                Callee::License,
+                request,
+            )
+            .await?;
+            license::license_key(&body)
+        }
+        Step::Shipping => {
+            shipping::run(purchase, deps.config, deps.upstream, deps.clock, deadline).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

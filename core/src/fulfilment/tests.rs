@@ -1,0 +1,633 @@
+//! Fulfilment scenarios, natively: the webhook handler and the engine over the
+//! in-memory ledger and the fake upstream.
+
+use futures_executor::block_on;
+use futures_util::future::join;
+
+use crate::ingress::{handle, Decision, Delivery, Refusal, Status, Verdict};
+use crate::ports::ledger::{Ledger, PurchaseState, Settlement, StepState};
+use crate::ports::TransportError;
+use crate::stripe::signature::sign_header;
+use crate::testing::{
+    full_config, ok, status, Svc, World, LICENSE_KEY, NOW_MS, SHIPPING_KEY, STRIPE_KEY,
+    WEBHOOK_SECRET,
+};
+
+const ADDRESS: &str = r#""collected_information":{"shipping_details":{"name":"Ada Lovelace","address":{"line1":"12 Analytical Row","line2":null,"city":"London","state":null,"postal_code":"N1 9GU","country":"GB"}}}"#;
+
+fn event(id: &str, kind: &str, session: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","object":"event","type":"{kind}","livemode":false,"created":1700000000,"data":{{"object":{session}}}}}"#
+    )
+}
+
+fn session(id: &str, payment_status: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","object":"checkout.session","payment_status":"{payment_status}","customer":"cus_1","payment_intent":"pi_1",
+            "amount_total":3000,"currency":"usd","metadata":{{"slug":"pro"}},
+            "customer_details":{{"email":"ada@example.com","name":"Ada Lovelace"}}{extra}}}"#
+    )
+}
+
+fn paid(id: &str) -> String {
+    event(
+        "evt_paid",
+        "checkout.session.completed",
+        &session(id, "paid", &format!(",{ADDRESS}")),
+    )
+}
+
+async fn deliver_async(world: &World, body: &str) -> Decision {
+    let header = sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes());
+    let delivery = Delivery {
+        signature: Some(&header),
+        body: body.as_bytes(),
+        tags: None,
+    };
+    handle(&world.deps(), delivery, world.clock.0.get()).await
+}
+
+fn deliver(world: &World, body: &str) -> Decision {
+    block_on(deliver_async(world, body))
+}
+
+fn recorded(status: Status) -> Verdict {
+    Verdict::Recorded(status)
+}
+
+#[test]
+fn a_paid_session_gets_one_license_and_one_shipment_with_the_documented_calls() {
+    let world = World::new(full_config());
+    let decision = deliver(&world, &paid("cs_1"));
+    assert_eq!(decision.verdict, recorded(Status::Accepted));
+    assert_eq!(decision.purchase_state, Some(PurchaseState::Fulfilled));
+
+    let license = world.upstream.calls_to(Svc::License);
+    assert_eq!(license.len(), 1);
+    assert_eq!(license[0].url, "https://license.test/generate");
+    assert_eq!(
+        license[0].header("authorization"),
+        Some(format!("Bearer {LICENSE_KEY}").as_str())
+    );
+    assert_eq!(
+        license[0].header("idempotency-key"),
+        Some("stripe-edge:cs_1:license")
+    );
+
+    let items = world.upstream.calls_to(Svc::LineItems);
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].url,
+        "https://stripe.test/v1/checkout/sessions/cs_1/line_items?limit=100"
+    );
+    assert_eq!(
+        items[0].header("authorization"),
+        Some(format!("Bearer {STRIPE_KEY}").as_str())
+    );
+    assert!(
+        world.upstream.calls_to(Svc::PaymentIntent).is_empty(),
+        "the session had the address"
+    );
+
+    let shipping = world.upstream.calls_to(Svc::Shipping);
+    assert_eq!(shipping.len(), 1);
+    assert_eq!(
+        shipping[0].header("authorization"),
+        Some(format!("Bearer {SHIPPING_KEY}").as_str())
+    );
+    assert_eq!(
+        shipping[0].header("idempotency-key"),
+        Some("stripe-edge:cs_1:shipping")
+    );
+    let order: serde_json::Value =
+        serde_json::from_str(shipping[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(order["order_id"], "cs_1");
+    assert_eq!(order["shipping"]["address"]["city"], "London");
+    assert_eq!(order["line_items"][0]["quantity"], 2);
+
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "license")
+            .unwrap()
+            .result
+            .as_deref(),
+        Some("lic_1")
+    );
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "shipping")
+            .unwrap()
+            .result
+            .as_deref(),
+        Some("shp_1")
+    );
+}
+
+#[test]
+fn a_second_delivery_of_a_fulfilled_purchase_calls_nothing() {
+    let world = World::new(full_config());
+    deliver(&world, &paid("cs_1"));
+    let calls = world.upstream.calls.borrow().len();
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Duplicate)
+    );
+    assert_eq!(world.upstream.calls.borrow().len(), calls);
+}
+
+#[test]
+fn two_deliveries_racing_on_one_purchase_call_each_step_once_and_one_is_told_to_come_back() {
+    let world = World::new(full_config());
+    world.upstream.yield_in_calls.set(true);
+    let body = paid("cs_1");
+    let (a, b) = block_on(join(
+        deliver_async(&world, &body),
+        deliver_async(&world, &body),
+    ));
+    let verdicts = [a.verdict, b.verdict];
+    assert!(
+        verdicts.contains(&recorded(Status::Accepted)),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&Verdict::Refused(Refusal::Busy)),
+        "{verdicts:?}"
+    );
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    assert_eq!(world.upstream.calls_to(Svc::Shipping).len(), 1);
+}
+
+#[test]
+fn completed_and_async_succeeded_for_one_paid_session_fulfil_once() {
+    let world = World::new(full_config());
+    deliver(&world, &paid("cs_1"));
+    let succeeded = event(
+        "evt_async",
+        "checkout.session.async_payment_succeeded",
+        &session("cs_1", "paid", &format!(",{ADDRESS}")),
+    );
+    assert_eq!(
+        deliver(&world, &succeeded).verdict,
+        recorded(Status::Accepted)
+    );
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    assert_eq!(world.upstream.calls_to(Svc::Shipping).len(), 1);
+}
+
+#[test]
+fn an_unpaid_session_waits_and_fulfils_once_when_payment_succeeds() {
+    let world = World::new(full_config());
+    let completed = event(
+        "evt_c",
+        "checkout.session.completed",
+        &session("cs_1", "unpaid", &format!(",{ADDRESS}")),
+    );
+    assert_eq!(
+        deliver(&world, &completed).verdict,
+        recorded(Status::Accepted)
+    );
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::AwaitingPayment)
+    );
+    assert!(world.upstream.calls.borrow().is_empty());
+
+    let succeeded = event(
+        "evt_s",
+        "checkout.session.async_payment_succeeded",
+        &session("cs_1", "paid", &format!(",{ADDRESS}")),
+    );
+    assert_eq!(
+        deliver(&world, &succeeded).verdict,
+        recorded(Status::Accepted)
+    );
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+    // A late redelivery of the unpaid event must not send the purchase back to waiting.
+    assert_eq!(
+        deliver(&world, &completed).verdict,
+        recorded(Status::Duplicate)
+    );
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+}
+
+#[test]
+fn a_failed_async_payment_is_recorded_and_fulfils_nothing() {
+    let world = World::new(full_config());
+    let completed = event(
+        "evt_c",
+        "checkout.session.completed",
+        &session("cs_1", "unpaid", ""),
+    );
+    deliver(&world, &completed);
+    let failed = event(
+        "evt_f",
+        "checkout.session.async_payment_failed",
+        &session("cs_1", "unpaid", ""),
+    );
+    assert_eq!(deliver(&world, &failed).verdict, recorded(Status::Accepted));
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::PaymentFailed)
+    );
+    assert!(world.upstream.calls.borrow().is_empty());
+    assert!(world
+        .log
+        .joined()
+        .contains("payment failed: nothing fulfilled"));
+}
+
+#[test]
+fn an_upstream_503_leaves_the_step_retryable_and_a_redelivery_finishes_it() {
+    let world = World::new(full_config());
+    world
+        .upstream
+        .script(Svc::License, [status(503), status(503)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    let row = world.ledger.step_row("cs_1", "license").unwrap();
+    assert_eq!((row.state, row.attempts), (StepState::Pending, 1));
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("license server answered 503")
+    );
+    // Shipping did not wait for the license: it is independent and done.
+    assert_eq!(
+        world.ledger.step_row("cs_1", "shipping").unwrap().state,
+        StepState::Done
+    );
+
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Accepted)
+    );
+    let keys: Vec<_> = world
+        .upstream
+        .calls_to(Svc::License)
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["stripe-edge:cs_1:license"; 3],
+        "every retry sends the same key"
+    );
+    assert_eq!(world.upstream.calls_to(Svc::Shipping).len(), 1);
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn timeouts_network_errors_and_429_are_retryable() {
+    for answer in [
+        Err(TransportError::Timeout),
+        Err(TransportError::Network("reset".into())),
+        status(429),
+        status(409),
+    ] {
+        let world = World::new(full_config());
+        world.upstream.script(Svc::License, [answer]);
+        assert_eq!(
+            deliver(&world, &paid("cs_1")).verdict,
+            Verdict::Refused(Refusal::Retry)
+        );
+        assert_eq!(
+            world.ledger.step_row("cs_1", "license").unwrap().state,
+            StepState::Pending
+        );
+    }
+}
+
+#[test]
+fn a_permanent_4xx_fails_the_step_once_and_is_not_retried() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(400)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Failed)
+    );
+    assert_eq!(
+        world.ledger.step_row("cs_1", "license").unwrap().state,
+        StepState::Failed
+    );
+    assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+    assert!(world.log.joined().contains("step failed permanently"));
+
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Duplicate)
+    );
+    assert_eq!(
+        world.upstream.calls_to(Svc::License).len(),
+        1,
+        "no retry storm"
+    );
+}
+
+#[test]
+fn a_running_step_whose_lease_expired_is_taken_over_and_the_old_holder_is_fenced_off() {
+    let world = World::new(full_config());
+    let ledger = &world.ledger;
+    block_on(async {
+        ledger
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS)
+            .await
+            .unwrap();
+        let first = ledger
+            .claim_step("cs_1", "license", NOW_MS, NOW_MS + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.map(|c| (c.attempt, c.event_id)),
+            Some((1, "evt_1".to_string()))
+        );
+        assert_eq!(
+            ledger
+                .claim_step("cs_1", "license", NOW_MS + 999, NOW_MS + 2_000)
+                .await
+                .unwrap(),
+            None
+        );
+        let second = ledger
+            .claim_step("cs_1", "license", NOW_MS + 1_000, NOW_MS + 21_000)
+            .await
+            .unwrap();
+        assert_eq!(second.map(|c| c.attempt), Some(2));
+        let stale = Settlement::Done("lic_stale".into());
+        assert!(!ledger
+            .settle_step("cs_1", "license", 1, &stale, NOW_MS + 1_001)
+            .await
+            .unwrap());
+        assert!(ledger
+            .settle_step(
+                "cs_1",
+                "license",
+                2,
+                &Settlement::Done("lic_1".into()),
+                NOW_MS + 1_002
+            )
+            .await
+            .unwrap());
+    });
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "license")
+            .unwrap()
+            .result
+            .as_deref(),
+        Some("lic_1")
+    );
+}
+
+#[test]
+fn a_step_without_its_settings_fails_closed_and_names_the_setting() {
+    let config = crate::settings::Config::load(|name| {
+        (name == "STRIPE_WEBHOOK_SECRET").then(|| WEBHOOK_SECRET.to_string())
+    });
+    let world = World::new(config);
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(
+        deliver(&world, &body).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    assert_eq!(
+        world.ledger.step_row("cs_1", "license").unwrap().state,
+        StepState::Pending
+    );
+    let log = world.log.joined();
+    assert!(
+        log.contains("step not configured") && log.contains("LICENSE_SERVER_URL"),
+        "{log}"
+    );
+    assert!(world.upstream.calls.borrow().is_empty());
+}
+
+#[test]
+fn line_items_are_fetched_across_pages() {
+    let world = World::new(full_config());
+    world.upstream.line_item_pages.replace(vec![
+        r#"{"object":"list","has_more":true,"data":[{"id":"li_1","quantity":1,"price":{"id":"price_1","product":"prod_1","unit_amount":100}}]}"#.into(),
+        r#"{"object":"list","has_more":false,"data":[{"id":"li_2","quantity":3,"price":{"id":"price_2","product":"prod_2","unit_amount":200}}]}"#.into(),
+    ]);
+    deliver(&world, &paid("cs_1"));
+    let pages = world.upstream.calls_to(Svc::LineItems);
+    assert_eq!(pages.len(), 2);
+    assert!(pages[1].url.ends_with("&starting_after=li_1"));
+    let order: serde_json::Value = serde_json::from_str(
+        world.upstream.calls_to(Svc::Shipping)[0]
+            .body
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
+    let prices: Vec<_> = order["line_items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["price_id"].clone())
+        .collect();
+    assert_eq!(prices, ["price_1", "price_2"]);
+}
+
+#[test]
+fn without_an_address_on_the_session_the_payment_intent_is_asked() {
+    let world = World::new(full_config());
+    world.upstream.payment_intent.replace(Some(
+        r#"{"id":"pi_1","shipping":{"name":"Trigger","address":{"line1":"510 Townsend St","city":"San Francisco","state":"CA","postal_code":"94103","country":"US"}}}"#.into(),
+    ));
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        &session("cs_1", "paid", r#","collected_information":null"#),
+    );
+    assert_eq!(deliver(&world, &body).verdict, recorded(Status::Accepted));
+    assert_eq!(
+        world.upstream.calls_to(Svc::PaymentIntent)[0].url,
+        "https://stripe.test/v1/payment_intents/pi_1"
+    );
+    let order: serde_json::Value = serde_json::from_str(
+        world.upstream.calls_to(Svc::Shipping)[0]
+            .body
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(order["shipping"]["address"]["line1"], "510 Townsend St");
+}
+
+#[test]
+fn no_address_anywhere_means_nothing_shipped_but_the_license_still_issued() {
+    let world = World::new(full_config());
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(deliver(&world, &body).verdict, recorded(Status::Accepted));
+    assert!(world.upstream.calls_to(Svc::Shipping).is_empty());
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "shipping")
+            .unwrap()
+            .result
+            .as_deref(),
+        Some(crate::fulfilment::shipping::NOTHING_TO_SHIP)
+    );
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+}
+
+#[test]
+fn a_livemode_mismatch_is_acknowledged_but_never_fulfilled() {
+    let config = crate::settings::Config {
+        livemode: Some(true),
+        ..full_config()
+    };
+    let world = World::new(config);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Ignored)
+    );
+    assert!(world.upstream.calls.borrow().is_empty());
+    assert!(world.ledger.purchase("cs_1").is_none());
+    assert!(world.log.joined().contains("livemode mismatch"));
+}
+
+#[test]
+fn a_delivery_out_of_time_starts_no_call() {
+    let world = World::new(full_config());
+    world.upstream.call_cost_ms.set(8_900);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    // The license call used the budget; shipping found no time left and never called out.
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    assert!(world.upstream.calls_to(Svc::Shipping).is_empty());
+    assert_eq!(
+        world.ledger.step_row("cs_1", "shipping").unwrap().state,
+        StepState::Pending
+    );
+}
+
+#[test]
+fn a_session_with_nothing_to_fulfil_is_recorded_as_such() {
+    let world = World::new(full_config());
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid"}"#,
+    );
+    assert_eq!(deliver(&world, &body).verdict, recorded(Status::Accepted));
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::NothingToFulfil)
+    );
+    let again = deliver(&world, &body);
+    assert_eq!(again.purchase_state, Some(PurchaseState::NothingToFulfil));
+    assert!(world.log.joined().contains("nothing to fulfil"));
+}
+
+#[test]
+fn logs_never_carry_customer_data_license_keys_or_secrets() {
+    let world = World::new(full_config());
+    world.upstream.script(
+        Svc::License,
+        [status(503), ok(r#"{"license_key":"lic_SECRETKEY"}"#)],
+    );
+    deliver(&world, &paid("cs_1"));
+    deliver(&world, &paid("cs_1"));
+    let log = world.log.joined();
+    for needle in [
+        "ada@example.com",
+        "Ada Lovelace",
+        "Analytical",
+        "N1 9GU",
+        "lic_SECRETKEY",
+        LICENSE_KEY,
+        SHIPPING_KEY,
+        STRIPE_KEY,
+        WEBHOOK_SECRET,
+    ] {
+        assert!(!log.contains(needle), "{needle} reached the log:\n{log}");
+    }
+    assert!(log.contains("step done") && log.contains("step will be retried"));
+}
+
+#[test]
+fn a_retry_driven_by_another_event_sends_the_same_body_under_the_same_key() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    let completed = event(
+        "evt_first",
+        "checkout.session.completed",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(
+        deliver(&world, &completed).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    let succeeded = event(
+        "evt_second",
+        "checkout.session.async_payment_succeeded",
+        &session("cs_1", "paid", ""),
+    );
+    assert_eq!(
+        deliver(&world, &succeeded).verdict,
+        recorded(Status::Accepted)
+    );
+    let calls = world.upstream.calls_to(Svc::License);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "a reused Idempotency-Key must carry the same body"
+    );
+    assert!(calls[1].body.as_deref().unwrap().contains("evt_first"));
+}
+
+#[test]
+fn with_a_forward_secret_service_calls_carry_standard_webhooks_headers() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let config = crate::settings::Config {
+        forward_signer: crate::relay::RelaySigner::from_secret(secret),
+        ..full_config()
+    };
+    let world = World::new(config);
+    deliver(&world, &paid("cs_1"));
+    let signer = crate::relay::RelaySigner::from_secret(secret).unwrap();
+    for call in [
+        &world.upstream.calls_to(Svc::License)[0],
+        &world.upstream.calls_to(Svc::Shipping)[0],
+    ] {
+        let id = call.header("webhook-id").unwrap();
+        assert_eq!(Some(id), call.header("idempotency-key"));
+        let timestamp: i64 = call.header("webhook-timestamp").unwrap().parse().unwrap();
+        assert_eq!(timestamp, (NOW_MS / 1000) as i64);
+        let expected = signer.sign(id, timestamp, call.body.as_deref().unwrap().as_bytes());
+        assert_eq!(call.header("webhook-signature"), Some(expected.as_str()));
+    }
+    assert!(world.upstream.calls_to(Svc::LineItems)[0]
+        .header("webhook-signature")
+        .is_none());
+}

@@ -1,0 +1,467 @@
+//! The life of one delivery to `POST /webhooks/stripe`, over traits: verify, decode,
+//! decide, record. Knows nothing of JavaScript; the edge glue reads the request and
+//! turns the [`Decision`] into a response ([`crate::http::webhook`]) and a log line.
+
+use crate::fulfilment::plan::{self, Disposition, Purchase};
+use crate::fulfilment::{self, Deps, RunOutcome};
+use crate::log::Line;
+use crate::ports::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState, StepState};
+use crate::ports::Sink;
+use crate::ports::{Clock, Upstream};
+use crate::ports::{Enqueue, FulfilMessage};
+use crate::stripe::event::{self, CheckoutSession, Event, EventError};
+use crate::stripe::signature::{self, SignatureError, Tag};
+
+/// A delivery as received: the signature header and the raw body bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub signature: Option<&'a str>,
+    pub body: &'a [u8],
+    /// The HMAC tags of this header's timestamp and the body under each configured
+    /// secret, in order, when the edge computed them natively (SubtleCrypto, for large
+    /// bodies); `None`: computed here in Rust.
+    pub tags: Option<&'a [Tag]>,
+}
+
+/// The `status` Stripe reads in a 2xx answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// First time seen, and handled.
+    Accepted,
+    /// Seen before; nothing left to do.
+    Duplicate,
+    /// Recorded, but not something this Worker acts on (or a livemode mismatch).
+    Ignored,
+    /// A step failed for good; retrying cannot help (see the log and the ledger).
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Why a request was refused. Each maps to exactly one HTTP status in [`crate::http::webhook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    MethodNotAllowed,
+    TooLarge {
+        limit: u64,
+    },
+    /// No usable webhook secret: refuse everything (fail closed).
+    NotConfigured,
+    BadSignature(SignatureError),
+    NotAnEvent(EventError),
+    /// The ledger could not record the event; Stripe must retry.
+    Unavailable(LedgerError),
+    /// Another delivery holds a step of this purchase; Stripe must come back later.
+    Busy,
+    /// A step is not done yet and a retry can help (upstream down, slow, not configured).
+    Retry,
+    /// Queue mode: the message could not be sent; Stripe must redeliver.
+    QueueUnavailable,
+}
+
+impl Refusal {
+    /// A stable code for the log's `reason`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge { .. } => "body_too_large",
+            Self::NotConfigured => "not_configured",
+            Self::BadSignature(e) => e.code(),
+            Self::NotAnEvent(EventError::BadSession) => "bad_session",
+            Self::NotAnEvent(_) => "not_an_event",
+            Self::Unavailable(_) => "ledger_unavailable",
+            Self::Busy => "purchase_busy",
+            Self::Retry => "fulfilment_incomplete",
+            Self::QueueUnavailable => "queue_unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Recorded(Status),
+    Refused(Refusal),
+}
+
+/// What happened to one request, with the ids known by the time it was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub object_id: Option<String>,
+    pub disposition: Option<Disposition>,
+    pub purchase_state: Option<PurchaseState>,
+    pub verdict: Verdict,
+}
+
+impl Decision {
+    pub fn refused(refusal: Refusal) -> Self {
+        Self {
+            event_id: None,
+            event_type: None,
+            object_id: None,
+            disposition: None,
+            purchase_state: None,
+            verdict: Verdict::Refused(refusal),
+        }
+    }
+}
+
+/// Handles a delivery whose size and method the glue already checked.
+pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    delivery: Delivery<'_>,
+    started_ms: u64,
+) -> Decision {
+    let config = deps.config;
+    if config.webhook_secrets.is_empty() {
+        return Decision::refused(Refusal::NotConfigured);
+    }
+    let now_secs = (started_ms / 1000) as i64;
+    let verified = match delivery.tags {
+        None => signature::verify_at(
+            delivery.signature,
+            delivery.body,
+            &config.webhook_secrets,
+            config.tolerance_secs,
+            now_secs,
+        ),
+        Some(tags) => delivery
+            .signature
+            .ok_or(SignatureError::MissingHeader)
+            .and_then(signature::parse_header)
+            .and_then(|header| {
+                let tags = tags.iter().copied();
+                signature::verify_tags(&header, tags, config.tolerance_secs, now_secs)
+            }),
+    };
+    if let Err(e) = verified {
+        return Decision::refused(Refusal::BadSignature(e));
+    }
+    ingest(deps, delivery.body, started_ms, Seen::Continue).await
+}
+
+/// What to do with an event the ledger already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Carry on with its purchase (a redelivery finishes what an earlier one left).
+    Continue,
+    /// Stop there (reconciliation ingests only events never seen).
+    Skip,
+}
+
+/// Records and acts on an event whose authenticity is established: a verified
+/// delivery, or an event read from the Stripe API with our key (reconciliation).
+pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    body: &[u8],
+    started_ms: u64,
+    seen: Seen,
+) -> Decision {
+    let config = deps.config;
+    let event = match event::decode(body) {
+        Ok(event) => event,
+        Err(e) => return Decision::refused(Refusal::NotAnEvent(e)),
+    };
+    let mut decision = Decision {
+        event_id: Some(event.id.clone()),
+        event_type: Some(event.kind.clone()),
+        object_id: event.object_id.clone(),
+        ..Decision::refused(Refusal::NotAnEvent(EventError::BadSession))
+    };
+    let session = if plan::needs_session(&event.kind) {
+        match event.checkout_session() {
+            Ok(session) => Some(session),
+            Err(_) => return decision, // refused as BadSession: nothing recorded
+        }
+    } else {
+        None
+    };
+    let disposition = plan::disposition(&event, session.as_ref(), config.livemode);
+    decision.disposition = Some(disposition);
+    let claim = match deps
+        .ledger
+        .claim_event(&record(&event, disposition, started_ms))
+        .await
+    {
+        Ok(claim) => claim,
+        Err(e) => {
+            decision.verdict = Verdict::Refused(Refusal::Unavailable(e));
+            return decision;
+        }
+    };
+    if claim == Claim::Seen && seen == Seen::Skip {
+        decision.verdict = Verdict::Recorded(Status::Duplicate);
+        return decision;
+    }
+    decision.verdict = match act(
+        deps,
+        &event,
+        session,
+        disposition,
+        claim,
+        started_ms,
+        &mut decision,
+    )
+    .await
+    {
+        Ok(verdict) => verdict,
+        Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+    };
+    decision
+}
+
+fn record(event: &Event<'_>, disposition: Disposition, now_ms: u64) -> EventRecord {
+    EventRecord {
+        id: event.id.clone(),
+        kind: event.kind.clone(),
+        livemode: event.livemode,
+        api_version: event.api_version.clone(),
+        created: event.created,
+        object_id: event.object_id.clone(),
+        disposition: disposition.as_str(),
+        received_at_ms: now_ms,
+    }
+}
+
+/// Does what the disposition asks, for the first delivery and every redelivery alike:
+/// each ledger write is idempotent and the engine skips done steps, so a redelivery
+/// after a 503 picks up where the last one stopped.
+async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    event: &Event<'_>,
+    session: Option<CheckoutSession>,
+    disposition: Disposition,
+    claim: Claim,
+    started_ms: u64,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    let seen = claim == Claim::Seen;
+    let status = |first: Status| Verdict::Recorded(if seen { Status::Duplicate } else { first });
+    let Some(session) = session.filter(|_| disposition != Disposition::Ignored) else {
+        return Ok(status(Status::Ignored));
+    };
+    let now = deps.clock.now_ms();
+    match disposition {
+        Disposition::Ignored => Ok(status(Status::Ignored)),
+        Disposition::LivemodeMismatch => {
+            Line::error("livemode mismatch: not fulfilled")
+                .id("event_id", &event.id)
+                .id("session_id", &session.id)
+                .flag("event_livemode", event.livemode)
+                .emit(deps.log);
+            Ok(status(Status::Ignored))
+        }
+        Disposition::AwaitingPayment => {
+            deps.ledger
+                .await_payment(&session.id, event.livemode, now)
+                .await?;
+            Ok(status(Status::Accepted))
+        }
+        Disposition::PaymentFailed => {
+            deps.ledger
+                .payment_failed(&session.id, event.livemode, now)
+                .await?;
+            Line::warn("payment failed: nothing fulfilled")
+                .id("event_id", &event.id)
+                .id("session_id", &session.id)
+                .emit(deps.log);
+            Ok(status(Status::Accepted))
+        }
+        Disposition::Fulfil => {
+            let purchase = plan::purchase(event, session, deps.config);
+            if let Some(queue) = deps.queue {
+                return enqueue(deps, queue, &purchase, seen, decision).await;
+            }
+            let report = fulfilment::fulfil(deps, &purchase, started_ms).await?;
+            decision.purchase_state = report.state;
+            let idle_duplicate = seen && !report.ran;
+            Ok(match report.outcome {
+                RunOutcome::Busy => Verdict::Refused(Refusal::Busy),
+                RunOutcome::Retry => Verdict::Refused(Refusal::Retry),
+                _ if idle_duplicate => Verdict::Recorded(Status::Duplicate),
+                RunOutcome::Failed => Verdict::Recorded(Status::Failed),
+                RunOutcome::Complete => Verdict::Recorded(Status::Accepted),
+            })
+        }
+    }
+}
+
+/// Queue mode: record the purchase and its pending steps, send one message while any
+/// step is unfinished (every redelivery re-sends: duplicates are harmless, a lost send
+/// is not), and answer 200 at once. A failed send answers 503 so Stripe redelivers.
+async fn enqueue<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    queue: &dyn Enqueue,
+    purchase: &Purchase,
+    seen: bool,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    let session_id = purchase.session_id();
+    fulfilment::open(deps, purchase).await?;
+    let steps = deps.ledger.steps_of(session_id).await?;
+    let unfinished = steps
+        .iter()
+        .any(|s| matches!(s.state, StepState::Pending | StepState::Running));
+    if !unfinished {
+        decision.purchase_state = if steps.is_empty() {
+            Some(PurchaseState::NothingToFulfil)
+        } else {
+            deps.ledger
+                .finish_purchase(session_id, deps.clock.now_ms())
+                .await?
+        };
+        let failed = steps.iter().any(|s| s.state == StepState::Failed);
+        return Ok(Verdict::Recorded(match (seen, failed) {
+            (true, _) => Status::Duplicate,
+            (false, true) => Status::Failed,
+            (false, false) => Status::Accepted,
+        }));
+    }
+    let message = FulfilMessage {
+        session_id: session_id.to_string(),
+        event_id: purchase.event_id.clone(),
+    };
+    if let Err(detail) = queue.enqueue(&message).await {
+        Line::error("fulfilment queue send failed")
+            .id("session_id", session_id)
+            .text("detail", &detail)
+            .emit(deps.log);
+        return Ok(Verdict::Refused(Refusal::QueueUnavailable));
+    }
+    Line::info("fulfilment queued")
+        .id("session_id", session_id)
+        .id("event_id", &purchase.event_id)
+        .emit(deps.log);
+    decision.purchase_state = Some(PurchaseState::Fulfilling);
+    Ok(Verdict::Recorded(Status::Accepted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Config;
+    use crate::stripe::signature::sign_header;
+    use crate::testing::{World, NOW_MS, WEBHOOK_SECRET};
+    use futures_executor::block_on;
+
+    fn world() -> World {
+        World::new(Config::load(|name| {
+            (name == crate::settings::STRIPE_WEBHOOK_SECRET).then(|| WEBHOOK_SECRET.to_string())
+        }))
+    }
+
+    fn body(kind: &str) -> String {
+        format!(
+            r#"{{"id":"evt_1","object":"event","type":"{kind}","livemode":false,"created":1700000000,"data":{{"object":{{"id":"cs_1","object":"checkout.session","payment_status":"paid"}}}}}}"#
+        )
+    }
+
+    fn deliver_signed(world: &World, body: &str, secret: &str) -> Decision {
+        let header = sign_header(secret, 1_700_000_000, body.as_bytes());
+        let delivery = Delivery {
+            signature: Some(&header),
+            body: body.as_bytes(),
+            tags: None,
+        };
+        block_on(handle(&world.deps(), delivery, NOW_MS))
+    }
+
+    fn deliver(world: &World, body: &str) -> Decision {
+        deliver_signed(world, body, WEBHOOK_SECRET)
+    }
+
+    #[test]
+    fn the_first_delivery_is_accepted_and_recorded_once() {
+        let world = world();
+        let decision = deliver(&world, &body("checkout.session.completed"));
+        assert_eq!(decision.verdict, Verdict::Recorded(Status::Accepted));
+        let events = world.ledger.events.borrow();
+        let row = &events["evt_1"];
+        assert_eq!(row.object_id.as_deref(), Some("cs_1"));
+        assert_eq!(row.disposition, "fulfil");
+        assert_eq!(row.received_at_ms, NOW_MS);
+    }
+
+    #[test]
+    fn a_second_delivery_is_a_duplicate_and_changes_nothing() {
+        let world = world();
+        deliver(&world, &body("checkout.session.completed"));
+        let before = world.ledger.events.borrow().clone();
+        let decision = deliver(&world, &body("checkout.session.completed"));
+        assert_eq!(decision.verdict, Verdict::Recorded(Status::Duplicate));
+        assert_eq!(*world.ledger.events.borrow(), before);
+    }
+
+    #[test]
+    fn types_we_do_not_act_on_are_recorded_as_ignored() {
+        let world = world();
+        let decision = deliver(&world, &body("customer.created"));
+        assert_eq!(decision.verdict, Verdict::Recorded(Status::Ignored));
+        assert_eq!(world.ledger.events.borrow()["evt_1"].disposition, "ignored");
+    }
+
+    #[test]
+    fn without_a_secret_everything_is_refused_and_nothing_recorded() {
+        let world = World::new(Config::load(|_| None));
+        let decision = deliver(&world, &body("checkout.session.completed"));
+        assert_eq!(decision.verdict, Verdict::Refused(Refusal::NotConfigured));
+        assert!(world.ledger.events.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_bad_signature_touches_no_state() {
+        let world = world();
+        let decision = deliver_signed(&world, &body("checkout.session.completed"), "whsec_other");
+        assert_eq!(
+            decision.verdict,
+            Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch))
+        );
+        assert!(world.ledger.events.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_signed_non_event_is_refused_without_state() {
+        let world = world();
+        let decision = deliver(&world, r#"{"id":"ch_1","object":"charge"}"#);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Refused(Refusal::NotAnEvent(EventError::NotAnEvent))
+        );
+        assert!(world.ledger.events.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_checkout_event_whose_session_is_unreadable_is_refused_without_state() {
+        let world = world();
+        let body = r#"{"id":"evt_1","object":"event","type":"checkout.session.completed","data":{"object":{"id":"pi_1","object":"payment_intent"}}}"#;
+        let decision = deliver(&world, body);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Refused(Refusal::NotAnEvent(EventError::BadSession))
+        );
+        assert!(world.ledger.events.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_unavailable_ledger_is_a_retryable_refusal() {
+        let world = world();
+        world.ledger.unavailable.set(true);
+        let decision = deliver(&world, &body("checkout.session.completed"));
+        assert!(matches!(
+            decision.verdict,
+            Verdict::Refused(Refusal::Unavailable(_))
+        ));
+    }
+}

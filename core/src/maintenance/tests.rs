@@ -1,0 +1,395 @@
+//! Replays, re-drives and retention, natively.
+
+use futures_executor::block_on;
+
+use crate::fulfilment::{resume, ResumeError, RunOutcome};
+use crate::ingress::{handle, Delivery, Refusal, Status, Verdict};
+use crate::maintenance::{run, IDLE_BEFORE_REDRIVE_MS};
+use crate::ports::ledger::{EventRecord, Ledger, PurchaseState, StepState};
+use crate::stripe::signature::sign_header;
+use crate::testing::{full_config, status, Svc, World, NOW_MS, WEBHOOK_SECRET};
+
+const SESSION: &str = r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid","livemode":false,
+    "customer":"cus_1","payment_intent":"pi_1","metadata":{"slug":"pro"},
+    "customer_details":{"email":"ada@example.com","name":"Ada"}}"#;
+
+fn paid_event() -> String {
+    format!(
+        r#"{{"id":"evt_1","object":"event","type":"checkout.session.completed","livemode":false,"data":{{"object":{SESSION}}}}}"#
+    )
+}
+
+fn deliver(world: &World) -> Verdict {
+    let body = paid_event();
+    let header = sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes());
+    let delivery = Delivery {
+        signature: Some(&header),
+        body: body.as_bytes(),
+        tags: None,
+    };
+    block_on(handle(&world.deps(), delivery, world.clock.0.get())).verdict
+}
+
+fn world() -> World {
+    let world = World::new(full_config());
+    world.upstream.session.replace(Some(SESSION.into()));
+    world
+}
+
+#[test]
+fn a_replay_after_a_permanent_failure_runs_only_the_failed_step_once() {
+    let world = world();
+    world.upstream.script(Svc::License, [status(400)]);
+    assert_eq!(deliver(&world), Verdict::Recorded(Status::Failed));
+    let ledger = &world.ledger;
+    assert_eq!(block_on(ledger.reset_failed("cs_1", NOW_MS)).unwrap(), 1);
+    assert_eq!(ledger.purchase("cs_1"), Some(PurchaseState::Fulfilling));
+    let report = block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+    assert_eq!(report.outcome, RunOutcome::Complete);
+    assert_eq!(ledger.purchase("cs_1"), Some(PurchaseState::Fulfilled));
+    let calls = world.upstream.calls_to(Svc::License);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "the replay resends the original request"
+    );
+    // A second replay finds nothing to do: done steps stay done.
+    assert_eq!(block_on(ledger.reset_failed("cs_1", NOW_MS)).unwrap(), 0);
+    block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 2);
+}
+
+#[test]
+fn resuming_an_unknown_purchase_or_without_a_stripe_key_says_why() {
+    let world = world();
+    assert_eq!(
+        block_on(resume(&world.deps(), "cs_none", NOW_MS)).unwrap_err(),
+        ResumeError::Unknown
+    );
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world);
+    let no_key = World::new(crate::settings::Config {
+        stripe_api_key: None,
+        ..full_config()
+    });
+    block_on(
+        no_key
+            .ledger
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS),
+    )
+    .unwrap();
+    assert!(matches!(
+        block_on(resume(&no_key.deps(), "cs_1", NOW_MS)),
+        Err(ResumeError::Session(
+            crate::upstream::StepError::NotConfigured("STRIPE_API_KEY")
+        ))
+    ));
+}
+
+#[test]
+fn the_scheduled_run_finishes_a_step_whose_holder_died() {
+    let world = world();
+    let ledger = &world.ledger;
+    block_on(async {
+        ledger
+            .open_fulfilment("cs_1", false, "evt_1", &["license"], NOW_MS)
+            .await
+            .unwrap();
+        // A delivery claimed the step and died: running, lease expiring in 20 s.
+        ledger
+            .claim_step("cs_1", "license", NOW_MS, NOW_MS + 20_000)
+            .await
+            .unwrap();
+    });
+    world.clock.0.set(NOW_MS + 10_000);
+    assert_eq!(
+        block_on(run(&world.deps())).unwrap().redriven,
+        0,
+        "the lease still holds"
+    );
+    world.clock.0.set(NOW_MS + 20_000);
+    let summary = block_on(run(&world.deps())).unwrap();
+    assert_eq!((summary.redriven, summary.completed), (1, 1));
+    assert_eq!(
+        ledger.step_row("cs_1", "license").unwrap().state,
+        StepState::Done
+    );
+    assert_eq!(ledger.step_row("cs_1", "license").unwrap().attempts, 2);
+}
+
+#[test]
+fn the_scheduled_run_leaves_recently_released_steps_to_stripe_for_a_minute() {
+    let world = world();
+    world.upstream.script(Svc::License, [status(503)]);
+    assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
+    assert_eq!(block_on(run(&world.deps())).unwrap().redriven, 0);
+    world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
+    assert_eq!(block_on(run(&world.deps())).unwrap().completed, 1);
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn retention_prunes_old_events_but_keeps_unfinished_purchases_and_all_mappings() {
+    let world = world();
+    let day = 86_400_000;
+    let record = |id: &str, object: &str, at: u64| EventRecord {
+        id: id.into(),
+        kind: "checkout.session.completed".into(),
+        livemode: false,
+        api_version: None,
+        created: None,
+        object_id: Some(object.into()),
+        disposition: "fulfil",
+        received_at_ms: at,
+    };
+    let ledger = &world.ledger;
+    block_on(async {
+        ledger
+            .claim_event(&record("evt_old_done", "cs_done", NOW_MS - 40 * day))
+            .await
+            .unwrap();
+        ledger
+            .claim_event(&record("evt_old_open", "cs_open", NOW_MS - 40 * day))
+            .await
+            .unwrap();
+        ledger
+            .claim_event(&record("evt_recent", "cs_done", NOW_MS - day))
+            .await
+            .unwrap();
+        ledger
+            .open_fulfilment("cs_done", false, "evt_old_done", &[], NOW_MS)
+            .await
+            .unwrap();
+        ledger
+            .open_fulfilment("cs_open", false, "evt_old_open", &["license"], NOW_MS)
+            .await
+            .unwrap();
+    });
+    world.upstream.script(Svc::License, [status(503)]);
+    world.upstream.session.replace(None); // the re-drive cannot finish cs_open
+    let summary = block_on(run(&world.deps())).unwrap();
+    assert_eq!(summary.pruned, 1);
+    let events = ledger.events.borrow();
+    assert!(!events.contains_key("evt_old_done"));
+    assert!(events.contains_key("evt_old_open") && events.contains_key("evt_recent"));
+    assert!(ledger.purchase("cs_done").is_some() && ledger.purchase("cs_open").is_some());
+}
+
+mod queue_mode {
+    use super::*;
+    use crate::maintenance::QUEUE_IDLE_BEFORE_REDRIVE_MS;
+    use crate::ports::FulfilMessage;
+    use crate::queue_mode::{decide, QueueVerdict};
+
+    fn queued_world() -> World {
+        let world = world();
+        world.queue_mode.set(true);
+        world
+    }
+
+    #[test]
+    fn ingress_records_pending_steps_sends_one_message_and_calls_nothing() {
+        let world = queued_world();
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Accepted));
+        assert!(
+            world.upstream.calls.borrow().is_empty(),
+            "200 before any upstream call"
+        );
+        assert_eq!(
+            *world.queue.sent.borrow(),
+            vec![FulfilMessage {
+                session_id: "cs_1".into(),
+                event_id: "evt_1".into()
+            }]
+        );
+        assert_eq!(
+            world.ledger.step_row("cs_1", "license").unwrap().state,
+            StepState::Pending
+        );
+    }
+
+    #[test]
+    fn a_failed_send_answers_503_and_the_redelivery_sends_again() {
+        let world = queued_world();
+        world.queue.failing.set(true);
+        assert_eq!(deliver(&world), Verdict::Refused(Refusal::QueueUnavailable));
+        world.queue.failing.set(false);
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Accepted));
+        assert_eq!(world.queue.sent.borrow().len(), 1);
+    }
+
+    #[test]
+    fn once_the_consumer_finished_a_redelivery_is_a_quiet_duplicate() {
+        let world = queued_world();
+        deliver(&world);
+        let report = block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Complete);
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Duplicate));
+        assert_eq!(world.queue.sent.borrow().len(), 1, "nothing left to send");
+        // A duplicate message runs nothing twice.
+        block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    }
+
+    #[test]
+    fn attempts_that_run_out_fail_the_waiting_steps() {
+        let world = queued_world();
+        deliver(&world);
+        world
+            .upstream
+            .script(Svc::License, (0..6).map(|_| status(503)));
+        let max = world.config.max_attempts;
+        let mut verdicts = Vec::new();
+        for _ in 0..max {
+            let outcome =
+                block_on(resume(&world.deps(), "cs_1", world.clock.0.get())).map(|r| r.outcome);
+            let attempts = world.ledger.step_row("cs_1", "license").unwrap().attempts;
+            let policy = crate::queue_mode::RetryPolicy {
+                max_attempts: max,
+                base_secs: 10,
+            };
+            verdicts.push(decide(&outcome, attempts, policy, 0.5));
+        }
+        assert!(matches!(verdicts[0], QueueVerdict::Retry(10)));
+        assert_eq!(verdicts.last(), Some(&QueueVerdict::Exhausted));
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == QueueVerdict::Exhausted)
+                .count(),
+            1
+        );
+        let failed = block_on(
+            world
+                .ledger
+                .fail_waiting("cs_1", "attempts exhausted", NOW_MS),
+        )
+        .unwrap();
+        assert_eq!(failed, vec!["license".to_string()]);
+        block_on(world.ledger.finish_purchase("cs_1", NOW_MS)).unwrap();
+        assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+    }
+
+    #[test]
+    fn the_scheduled_run_re_enqueues_only_after_the_longest_backoff() {
+        let world = queued_world();
+        deliver(&world);
+        world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
+        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 0);
+        world.clock.0.set(NOW_MS + QUEUE_IDLE_BEFORE_REDRIVE_MS + 1);
+        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 1);
+        assert_eq!(world.queue.sent.borrow().len(), 2);
+        assert!(
+            world.upstream.calls_to(Svc::License).is_empty()
+                && world.upstream.calls_to(Svc::Shipping).is_empty(),
+            "queue mode re-drives through the queue"
+        );
+    }
+}
+
+mod reconciliation {
+    use super::*;
+    use crate::maintenance::{RECONCILE_CURSOR, RECONCILE_FIRST_LOOKBACK_SECS};
+
+    fn list(events: &[String], has_more: bool) -> String {
+        format!(
+            r#"{{"object":"list","has_more":{has_more},"data":[{}]}}"#,
+            events.join(",")
+        )
+    }
+
+    fn listed_event(id: &str, session: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","object":"event","type":"checkout.session.completed","livemode":false,"created":1699999000,
+               "data":{{"object":{{"id":"{session}","object":"checkout.session","payment_status":"paid","metadata":{{"slug":"pro"}}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn an_event_never_delivered_is_ingested_and_fulfilled_once() {
+        let world = world();
+        world
+            .upstream
+            .event_pages
+            .replace(vec![list(&[listed_event("evt_lost", "cs_lost")], false)]);
+        let summary = block_on(run(&world.deps())).unwrap();
+        assert_eq!(summary.reconciled, 1);
+        assert!(world.ledger.events.borrow().contains_key("evt_lost"));
+        assert_eq!(
+            world.ledger.purchase("cs_lost"),
+            Some(PurchaseState::Fulfilled)
+        );
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        let listing = &world.upstream.calls_to(Svc::Events)[0].url;
+        let since = (NOW_MS / 1000) as i64 - RECONCILE_FIRST_LOOKBACK_SECS;
+        assert!(
+            listing.contains(&format!("created%5Bgte%5D={since}")),
+            "{listing}"
+        );
+        assert!(listing.contains("types%5B%5D=checkout.session.async_payment_succeeded"));
+        assert_eq!(
+            world.ledger.cursors.borrow().get(RECONCILE_CURSOR),
+            Some(&((NOW_MS / 1000) as i64))
+        );
+
+        // Listed again by the next run (overlap): not ingested twice.
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        assert!(world
+            .log
+            .joined()
+            .contains("reconciled an event never delivered"));
+    }
+
+    #[test]
+    fn events_already_in_the_ledger_are_left_to_their_deliveries() {
+        let world = world();
+        world.upstream.script(Svc::License, [status(503)]);
+        assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
+        world
+            .upstream
+            .event_pages
+            .replace(vec![list(&[paid_event()], false)]);
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(
+            world.upstream.calls_to(Svc::License).len(),
+            1,
+            "a seen event is skipped"
+        );
+    }
+
+    #[test]
+    fn every_page_is_listed_and_a_failed_listing_keeps_the_cursor() {
+        let world = world();
+        world.upstream.event_pages.replace(vec![
+            list(&[listed_event("evt_b", "cs_b")], true),
+            list(&[listed_event("evt_a", "cs_a")], false),
+        ]);
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 2);
+        assert!(world.upstream.calls_to(Svc::Events)[1]
+            .url
+            .ends_with("&starting_after=evt_b"));
+
+        let failing = super::world();
+        failing.upstream.script(Svc::Events, [status(500)]);
+        assert_eq!(block_on(run(&failing.deps())).unwrap().reconciled, 0);
+        assert!(failing.ledger.cursors.borrow().is_empty());
+        assert!(failing
+            .log
+            .joined()
+            .contains("reconciliation could not list events"));
+    }
+
+    #[test]
+    fn without_a_stripe_key_nothing_is_listed() {
+        let world = World::new(crate::settings::Config {
+            stripe_api_key: None,
+            ..full_config()
+        });
+        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert!(world.upstream.calls.borrow().is_empty());
+    }
+}

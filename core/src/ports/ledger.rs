@@ -1,0 +1,268 @@
+//! The ledger port: what this Worker has seen and done (D1 at the edge,
+//! `src/d1/ledger.rs`; `testing::MemoryLedger` in native tests).
+//!
+//! Every write is one conditional SQL statement (insert-or-ignore, or an update guarded
+//! by the state it expects), so concurrent deliveries can never both win a claim. D1
+//! has no interactive transactions, and a read followed by a write would race.
+
+use std::fmt;
+
+/// The ledger row of one verified event. Ids and types only: no customer data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: String,
+    pub kind: String,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    pub created: Option<i64>,
+    pub object_id: Option<String>,
+    pub disposition: &'static str,
+    pub received_at_ms: u64,
+}
+
+/// The result of claiming an event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This delivery recorded the event: first time seen.
+    New,
+    /// The event was already recorded by an earlier or concurrent delivery.
+    Seen,
+}
+
+/// The ledger could not be read or written. Always retryable from Stripe's side: the
+/// delivery is answered 503 and nothing was recorded by this statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerError {
+    /// What was being done, for the log (`claim_event`, ...).
+    pub operation: &'static str,
+    /// The database's error text; may be logged after redaction, never sent to clients.
+    pub detail: String,
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ledger {} failed: {}", self.operation, self.detail)
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+/// Where a purchase stands; stored in `purchases.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurchaseState {
+    AwaitingPayment,
+    PaymentFailed,
+    Fulfilling,
+    Fulfilled,
+    Failed,
+    NothingToFulfil,
+}
+
+impl PurchaseState {
+    pub const ALL: [PurchaseState; 6] = [
+        Self::AwaitingPayment,
+        Self::PaymentFailed,
+        Self::Fulfilling,
+        Self::Fulfilled,
+        Self::Failed,
+        Self::NothingToFulfil,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingPayment => "awaiting_payment",
+            Self::PaymentFailed => "payment_failed",
+            Self::Fulfilling => "fulfilling",
+            Self::Fulfilled => "fulfilled",
+            Self::Failed => "failed",
+            Self::NothingToFulfil => "nothing_to_fulfil",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Where a step stands; stored in `steps.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Running, Self::Done, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One row of `steps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub step: String,
+    /// The event that opened the step.
+    pub event_id: String,
+    pub state: StepState,
+    pub lease_until: Option<u64>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+    pub updated_at: u64,
+}
+
+/// A step this delivery now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepClaim {
+    /// The attempt number: the fencing token for [`Ledger::settle_step`].
+    pub attempt: u32,
+    /// The event that opened the step; requests are built from it on every attempt.
+    pub event_id: String,
+}
+
+/// How a claimed step ends this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done for good; the upstream's id (license key, shipment id) is kept.
+    Done(String),
+    /// Back to pending: a later delivery (or retry) runs it again.
+    Release(String),
+    /// Failed for good: retrying cannot help.
+    Fail(String),
+}
+
+#[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
+pub trait Ledger {
+    /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`).
+    async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError>;
+
+    /// Records a purchase whose payment is still processing, unless it is already known
+    /// (a later state must never go back to waiting).
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Records that the payment failed; only a purchase still waiting for it changes.
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Opens a paid purchase with its steps, each inserted unless present, so every
+    /// event about the session and every redelivery may call it. With no steps the
+    /// purchase is recorded as nothing to fulfil.
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Takes a step that is pending, or running with a lease that has run out; `None`
+    /// when the step is not claimable.
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<StepClaim>, LedgerError>;
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError>;
+
+    /// Ends an attempt, only if it is still the current one (`attempts = attempt`):
+    /// a holder whose lease was taken over cannot overwrite the new holder. Returns
+    /// whether the row changed.
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError>;
+
+    /// Every step of a purchase, ordered by name.
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError>;
+
+    /// Sets the purchase's failed steps back to pending, and a failed purchase back to
+    /// fulfilling, so a replay runs them again; done steps are never touched. Returns
+    /// how many steps were reset.
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError>;
+
+    /// Sessions with a step left waiting: pending and untouched since `idle_before_ms`,
+    /// or running with a lease that ran out. Oldest first, at most `limit`.
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError>;
+
+    /// Counts a try that could not even claim the steps (the session could not be
+    /// fetched) as an attempt of every pending step, with its error, so the queue's
+    /// retries end in a failed step and an alert rather than going unnoticed.
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Fails every step of the purchase still pending once its attempts ran out (queue
+    /// mode), and returns their names.
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError>;
+
+    /// A position kept between scheduled runs (see migrations/0004_cursors.sql).
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError>;
+
+    /// Moves a cursor forward; never back, so overlapping runs cannot regress it.
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        now_ms: u64,
+    ) -> Result<(), LedgerError>;
+
+    /// Deletes up to `limit` events received before `before_ms`, except those of a
+    /// purchase that is not finished (awaiting payment, fulfilling or failed). Purchases
+    /// and steps (the license and shipment mappings) are never deleted. Returns the count.
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError>;
+
+    /// Derives the purchase's state from its steps (failed if any failed, fulfilled when
+    /// all are done) and returns it.
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError>;
+}

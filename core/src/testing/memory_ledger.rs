@@ -1,0 +1,374 @@
+//! An in-memory ledger with the same conditional transitions as the D1 statements,
+//! for native tests of the webhook handler and the fulfilment engine.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use crate::ports::ledger::{
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
+    StepState,
+};
+
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    pub events: RefCell<BTreeMap<String, EventRecord>>,
+    pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
+    pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
+    pub cursors: RefCell<BTreeMap<&'static str, i64>>,
+    /// When set, every call fails as an unavailable database would.
+    pub unavailable: Cell<bool>,
+}
+
+impl MemoryLedger {
+    fn check(&self, operation: &'static str) -> Result<(), LedgerError> {
+        if self.unavailable.get() {
+            return Err(LedgerError {
+                operation,
+                detail: "D1_ERROR: unavailable".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn upsert_purchase(&self, session_id: &str, state: PurchaseState, from: &[PurchaseState]) {
+        let mut purchases = self.purchases.borrow_mut();
+        match purchases.get_mut(session_id) {
+            Some(current) if from.contains(current) => *current = state,
+            Some(_) => {}
+            None => {
+                purchases.insert(session_id.to_string(), state);
+            }
+        }
+    }
+
+    pub fn purchase(&self, session_id: &str) -> Option<PurchaseState> {
+        self.purchases.borrow().get(session_id).copied()
+    }
+
+    pub fn step_row(&self, session_id: &str, step: &'static str) -> Option<StepRow> {
+        self.steps
+            .borrow()
+            .get(&(session_id.to_string(), step))
+            .cloned()
+    }
+}
+
+impl Ledger for MemoryLedger {
+    async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError> {
+        self.check("claim_event")?;
+        let mut events = self.events.borrow_mut();
+        if events.contains_key(&record.id) {
+            return Ok(Claim::Seen);
+        }
+        events.insert(record.id.clone(), record.clone());
+        Ok(Claim::New)
+    }
+
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("await_payment")?;
+        self.upsert_purchase(session_id, PurchaseState::AwaitingPayment, &[]);
+        Ok(())
+    }
+
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("payment_failed")?;
+        self.upsert_purchase(
+            session_id,
+            PurchaseState::PaymentFailed,
+            &[PurchaseState::AwaitingPayment],
+        );
+        Ok(())
+    }
+
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        _livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("open_fulfilment")?;
+        let state = if steps.is_empty() {
+            PurchaseState::NothingToFulfil
+        } else {
+            PurchaseState::Fulfilling
+        };
+        self.upsert_purchase(
+            session_id,
+            state,
+            &[PurchaseState::AwaitingPayment, PurchaseState::PaymentFailed],
+        );
+        let mut rows = self.steps.borrow_mut();
+        for step in steps {
+            rows.entry((session_id.to_string(), step))
+                .or_insert(StepRow {
+                    step: step.to_string(),
+                    event_id: event_id.to_string(),
+                    state: StepState::Pending,
+                    lease_until: None,
+                    attempts: 0,
+                    last_error: None,
+                    result: None,
+                    updated_at: now_ms,
+                });
+        }
+        Ok(())
+    }
+
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<StepClaim>, LedgerError> {
+        self.check("claim_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(None);
+        };
+        let expired =
+            row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
+        if row.state != StepState::Pending && !expired {
+            return Ok(None);
+        }
+        row.state = StepState::Running;
+        row.attempts += 1;
+        row.lease_until = Some(lease_until);
+        row.updated_at = now_ms;
+        Ok(Some(StepClaim {
+            attempt: row.attempts,
+            event_id: row.event_id.clone(),
+        }))
+    }
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError> {
+        self.check("step")?;
+        Ok(self.step_row(session_id, step))
+    }
+
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.check("settle_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(false);
+        };
+        if row.state != StepState::Running || row.attempts != attempt {
+            return Ok(false);
+        }
+        row.lease_until = None;
+        row.updated_at = now_ms;
+        match settlement {
+            Settlement::Done(result) => {
+                row.state = StepState::Done;
+                row.result = Some(result.clone());
+                row.last_error = None;
+            }
+            Settlement::Release(error) => {
+                row.state = StepState::Pending;
+                row.last_error = Some(error.clone());
+            }
+            Settlement::Fail(error) => {
+                row.state = StepState::Failed;
+                row.last_error = Some(error.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError> {
+        self.check("steps_of")?;
+        Ok(self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|((id, _), _)| id == session_id)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
+        self.check("reset_failed")?;
+        let mut reset = 0;
+        for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Failed {
+                row.state = StepState::Pending;
+                row.updated_at = now_ms;
+                reset += 1;
+            }
+        }
+        self.upsert_purchase(
+            session_id,
+            PurchaseState::Fulfilling,
+            &[PurchaseState::Failed],
+        );
+        Ok(reset)
+    }
+
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("note_failure")?;
+        for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Pending {
+                row.attempts += 1;
+                row.last_error = Some(error.to_string());
+                row.updated_at = now_ms;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.check("fail_waiting")?;
+        let mut failed = Vec::new();
+        for ((id, step), row) in self.steps.borrow_mut().iter_mut() {
+            if id == session_id && row.state == StepState::Pending {
+                row.state = StepState::Failed;
+                row.last_error = Some(error.to_string());
+                row.updated_at = now_ms;
+                failed.push(step.to_string());
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError> {
+        self.check("cursor")?;
+        Ok(self.cursors.borrow().get(name).copied())
+    }
+
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        _now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("advance_cursor")?;
+        let mut cursors = self.cursors.borrow_mut();
+        let current = cursors.entry(name).or_insert(value);
+        *current = (*current).max(value);
+        Ok(())
+    }
+
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
+        self.check("prune_events")?;
+        let unfinished = |id: &Option<String>| {
+            id.as_deref()
+                .and_then(|id| self.purchase(id))
+                .is_some_and(|state| {
+                    matches!(
+                        state,
+                        PurchaseState::AwaitingPayment
+                            | PurchaseState::Fulfilling
+                            | PurchaseState::Failed
+                    )
+                })
+        };
+        let doomed: Vec<String> = self
+            .events
+            .borrow()
+            .values()
+            .filter(|e| e.received_at_ms < before_ms && !unfinished(&e.object_id))
+            .map(|e| e.id.clone())
+            .take(limit as usize)
+            .collect();
+        let mut events = self.events.borrow_mut();
+        for id in &doomed {
+            events.remove(id);
+        }
+        Ok(doomed.len() as u32)
+    }
+
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.check("stalled_sessions")?;
+        let mut stalled: Vec<(u64, String)> = self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|(_, row)| match row.state {
+                StepState::Pending => row.updated_at < idle_before_ms,
+                StepState::Running => row.lease_until.is_some_and(|l| l <= now_ms),
+                _ => false,
+            })
+            .map(|((id, _), row)| (row.updated_at, id.clone()))
+            .collect();
+        stalled.sort();
+        let mut sessions: Vec<String> = Vec::new();
+        for (_, id) in stalled {
+            if !sessions.contains(&id) {
+                sessions.push(id);
+            }
+        }
+        sessions.truncate(limit as usize);
+        Ok(sessions)
+    }
+
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        _now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError> {
+        self.check("finish_purchase")?;
+        let states: Vec<StepState> = self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|((id, _), _)| id == session_id)
+            .map(|(_, row)| row.state)
+            .collect();
+        let mut purchases = self.purchases.borrow_mut();
+        let Some(current) = purchases.get_mut(session_id) else {
+            return Ok(None);
+        };
+        if !matches!(
+            current,
+            PurchaseState::Fulfilling | PurchaseState::Failed | PurchaseState::Fulfilled
+        ) {
+            return Ok(None);
+        }
+        *current = if states.contains(&StepState::Failed) {
+            PurchaseState::Failed
+        } else if states.iter().all(|s| *s == StepState::Done) {
+            PurchaseState::Fulfilled
+        } else {
+            PurchaseState::Fulfilling
+        };
+        Ok(Some(*current))
+    }
+}

@@ -1,0 +1,326 @@
+//! In-memory fakes of the edge for native tests: a clock, and an upstream that plays the
+//! license server, the shipping system and the Stripe API, records every call, and can
+//! be told to fail.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+mod memory_ledger;
+
+pub use memory_ledger::MemoryLedger;
+
+use crate::fulfilment::Deps;
+use crate::ports::ledger::LedgerError;
+use crate::ports::Level;
+use crate::ports::{Clock, Enqueue, FulfilMessage, Sink, Throttle, Upstream};
+use crate::ports::{HttpRequest, HttpResponse, TransportError};
+use crate::settings::Config;
+
+pub const NOW_MS: u64 = 1_700_000_000_000;
+pub const WEBHOOK_SECRET: &str = "whsec_unit";
+pub const LICENSE_KEY: &str = "lk_unit_secret";
+pub const SHIPPING_KEY: &str = "sk_ship_unit";
+pub const STRIPE_KEY: &str = "sk_test_unit";
+
+pub struct FakeClock(pub Cell<u64>);
+
+impl Default for FakeClock {
+    fn default() -> Self {
+        Self(Cell::new(NOW_MS))
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Svc {
+    License,
+    Shipping,
+    PaymentIntent,
+    LineItems,
+    /// `GET /v1/checkout/sessions/{id}` (replays and re-drives).
+    Session,
+    /// `GET /v1/events` (reconciliation).
+    Events,
+}
+
+pub type Answer = Result<HttpResponse, TransportError>;
+
+/// Answers by URL; scripted answers per service are used first, in order.
+#[derive(Default)]
+pub struct FakeUpstream {
+    pub calls: RefCell<Vec<HttpRequest>>,
+    scripted: RefCell<Vec<(Svc, VecDeque<Answer>)>>,
+    pub line_item_pages: RefCell<Vec<String>>,
+    pub payment_intent: RefCell<Option<String>>,
+    /// The Checkout Session the Stripe API returns (replays and re-drives).
+    pub session: RefCell<Option<String>>,
+    /// Pages of `GET /v1/events`: the first, then the one after `starting_after`.
+    pub event_pages: RefCell<Vec<String>>,
+    /// When set, every call yields once to the executor, so joined deliveries interleave.
+    pub yield_in_calls: Cell<bool>,
+    /// Advances the clock by this much on every call (a slow upstream).
+    pub call_cost_ms: Cell<u64>,
+    pub clock: Option<std::rc::Rc<FakeClock>>,
+}
+
+pub fn ok(body: &str) -> Answer {
+    Ok(HttpResponse {
+        status: 200,
+        body: body.as_bytes().to_vec(),
+        request_id: None,
+    })
+}
+
+pub fn status(code: u16) -> Answer {
+    Ok(HttpResponse {
+        status: code,
+        body: br#"{"error":"scripted"}"#.to_vec(),
+        request_id: None,
+    })
+}
+
+impl FakeUpstream {
+    pub fn script(&self, svc: Svc, answers: impl IntoIterator<Item = Answer>) {
+        self.scripted
+            .borrow_mut()
+            .push((svc, answers.into_iter().collect()));
+    }
+
+    pub fn calls_to(&self, svc: Svc) -> Vec<HttpRequest> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|r| service_of(&r.url) == svc)
+            .cloned()
+            .collect()
+    }
+
+    fn answer(&self, request: &HttpRequest) -> Answer {
+        let svc = service_of(&request.url);
+        for (s, answers) in self.scripted.borrow_mut().iter_mut() {
+            if *s == svc {
+                if let Some(answer) = answers.pop_front() {
+                    return answer;
+                }
+            }
+        }
+        let n = self.calls_to(svc).len();
+        match svc {
+            Svc::License => ok(&format!(r#"{{"license_key":"lic_{n}"}}"#)),
+            Svc::Shipping => ok(&format!(r#"{{"shipment_id":"shp_{n}"}}"#)),
+            Svc::PaymentIntent => ok(self
+                .payment_intent
+                .borrow()
+                .as_deref()
+                .unwrap_or(r#"{"id":"pi_1","shipping":null}"#)),
+            Svc::Events => {
+                let pages = self.event_pages.borrow();
+                let page = usize::from(request.url.contains("starting_after"));
+                ok(pages
+                    .get(page)
+                    .map(String::as_str)
+                    .unwrap_or(r#"{"object":"list","data":[],"has_more":false}"#))
+            }
+            Svc::Session => match self.session.borrow().as_deref() {
+                Some(session) => ok(session),
+                None => status(404),
+            },
+            Svc::LineItems => {
+                let pages = self.line_item_pages.borrow();
+                let page = if request.url.contains("starting_after") {
+                    1
+                } else {
+                    0
+                };
+                ok(pages.get(page).map(String::as_str).unwrap_or(ONE_LINE_ITEM))
+            }
+        }
+    }
+}
+
+pub const ONE_LINE_ITEM: &str = r#"{"object":"list","has_more":false,"data":[{"id":"li_1","description":"Mug","quantity":2,
+    "amount_total":3000,"currency":"usd","price":{"id":"price_1","product":"prod_1","unit_amount":1500}}]}"#;
+
+fn service_of(url: &str) -> Svc {
+    if url.contains("/generate") {
+        Svc::License
+    } else if url.contains("/line_items") {
+        Svc::LineItems
+    } else if url.contains("/payment_intents/") {
+        Svc::PaymentIntent
+    } else if url.contains("/v1/events") {
+        Svc::Events
+    } else if url.contains("/v1/checkout/sessions/") {
+        Svc::Session
+    } else {
+        Svc::Shipping
+    }
+}
+
+/// Returns `Pending` once, so an executor polling several futures switches to the next.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Upstream for FakeUpstream {
+    async fn send(&self, request: HttpRequest) -> Answer {
+        self.calls.borrow_mut().push(request.clone());
+        if self.yield_in_calls.get() {
+            YieldOnce(false).await;
+        }
+        if let Some(clock) = &self.clock {
+            clock.0.set(clock.0.get() + self.call_cost_ms.get());
+        }
+        self.answer(&request)
+    }
+}
+
+/// A configuration with every service set.
+pub fn full_config() -> Config {
+    Config::load(|name| {
+        Some(
+            match name {
+                "STRIPE_WEBHOOK_SECRET" => WEBHOOK_SECRET,
+                "LICENSE_SERVER_URL" => "https://license.test",
+                "LICENSE_SERVER_API_KEY" => LICENSE_KEY,
+                "SHIPPING_URL" => "https://shipping.test/orders",
+                "SHIPPING_API_KEY" => SHIPPING_KEY,
+                "STRIPE_API_KEY" => STRIPE_KEY,
+                "STRIPE_API_BASE" => "https://stripe.test",
+                _ => return None,
+            }
+            .to_string(),
+        )
+    })
+}
+
+/// Records what ingress and the scheduled run send to the queue; can be told to fail.
+#[derive(Default)]
+pub struct FakeQueue {
+    pub sent: RefCell<Vec<FulfilMessage>>,
+    pub failing: Cell<bool>,
+}
+
+impl Enqueue for FakeQueue {
+    fn enqueue<'a>(
+        &'a self,
+        message: &'a FulfilMessage,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move {
+            if self.failing.get() {
+                return Err("queue unavailable".to_string());
+            }
+            self.sent.borrow_mut().push(message.clone());
+            Ok(())
+        })
+    }
+}
+
+/// Everything a test needs, owned; `deps()` lends it to the code under test.
+pub struct World {
+    pub config: Config,
+    pub ledger: MemoryLedger,
+    pub upstream: FakeUpstream,
+    pub clock: std::rc::Rc<FakeClock>,
+    pub log: MemorySink,
+    pub queue: FakeQueue,
+    /// Whether `deps()` hands out the queue (queue mode) or not (inline mode).
+    pub queue_mode: Cell<bool>,
+}
+
+impl World {
+    pub fn new(config: Config) -> Self {
+        let clock = std::rc::Rc::new(FakeClock::default());
+        let upstream = FakeUpstream {
+            clock: Some(clock.clone()),
+            ..FakeUpstream::default()
+        };
+        Self {
+            config,
+            ledger: MemoryLedger::default(),
+            upstream,
+            clock,
+            log: MemorySink::default(),
+            queue: FakeQueue::default(),
+            queue_mode: Cell::new(false),
+        }
+    }
+
+    pub fn deps(&self) -> Deps<'_, MemoryLedger, FakeUpstream, FakeClock, MemorySink> {
+        Deps {
+            config: &self.config,
+            ledger: &self.ledger,
+            upstream: &self.upstream,
+            clock: &self.clock,
+            log: &self.log,
+            queue: self.queue_mode.get().then_some(&self.queue as &dyn Enqueue),
+        }
+    }
+}
+
+/// Collects log lines in memory.
+#[derive(Debug, Default)]
+pub struct MemorySink(pub std::cell::RefCell<Vec<String>>);
+
+impl Sink for MemorySink {
+    fn emit(&self, _level: Level, line: &str) {
+        self.0.borrow_mut().push(line.to_string());
+    }
+}
+
+impl MemorySink {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
+
+    pub fn joined(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+/// An in-memory counter for native tests; can be told to fail like an unreachable D1.
+#[derive(Debug, Default)]
+pub struct MemoryThrottle {
+    pub counts: std::cell::RefCell<std::collections::BTreeMap<(String, u64), u32>>,
+    pub unavailable: std::cell::Cell<bool>,
+}
+
+impl Throttle for MemoryThrottle {
+    async fn hit(&self, key: &str, window_start: u64) -> Result<u32, LedgerError> {
+        if self.unavailable.get() {
+            return Err(LedgerError {
+                operation: "count_code_attempt",
+                detail: "D1_ERROR: unavailable".into(),
+            });
+        }
+        let mut counts = self.counts.borrow_mut();
+        let count = counts.entry((key.to_string(), window_start)).or_insert(0);
+        *count += 1;
+        Ok(*count)
+    }
+
+    async fn prune(&self, before_secs: u64) -> Result<u32, LedgerError> {
+        let mut counts = self.counts.borrow_mut();
+        let before = counts.len();
+        counts.retain(|(_, start), _| *start >= before_secs);
+        Ok((before - counts.len()) as u32)
+    }
+}

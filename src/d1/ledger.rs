@@ -1,0 +1,474 @@
+//! The D1 adapter of the [`Ledger`] port: each method is one SQL statement (or one
+//! batch), so every transition stays atomic.
+
+use serde::Deserialize;
+use stripe_edge_core::ports::ledger::{
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
+    StepState,
+};
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement};
+
+use super::{failure, int, opt_text, text};
+
+pub struct D1Ledger {
+    pub(super) db: D1Database,
+}
+
+impl D1Ledger {
+    pub fn new(db: D1Database) -> Self {
+        Self { db }
+    }
+
+    fn statement(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<D1PreparedStatement, LedgerError> {
+        self.db.prepare(sql).bind(args).map_err(failure(operation))
+    }
+
+    /// A cheap query that fails when D1 is unreachable or the migrations are missing.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        self.statement("ping", "SELECT 1 FROM events LIMIT 1", &[])?
+            .all()
+            .await
+            .map_err(failure("ping"))
+            .and_then(|r| match r.error() {
+                Some(e) => Err(LedgerError {
+                    operation: "ping",
+                    detail: e,
+                }),
+                None => Ok(()),
+            })
+    }
+}
+
+#[derive(Deserialize)]
+struct Returned {
+    #[allow(dead_code)]
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Claimed {
+    attempts: f64,
+    event_id: String,
+}
+
+#[derive(Deserialize)]
+struct StateOnly {
+    state: String,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    step: String,
+    event_id: String,
+    state: String,
+    lease_until: Option<f64>,
+    attempts: f64,
+    last_error: Option<String>,
+    result: Option<String>,
+    updated_at: f64,
+}
+
+impl RawStep {
+    fn into_row(self) -> Option<StepRow> {
+        Some(StepRow {
+            state: StepState::parse(&self.state)?,
+            step: self.step,
+            event_id: self.event_id,
+            lease_until: self.lease_until.map(|v| v as u64),
+            attempts: self.attempts as u32,
+            last_error: self.last_error,
+            result: self.result,
+            updated_at: self.updated_at as u64,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionOnly {
+    session_id: String,
+}
+
+const STEP_COLUMNS: &str =
+    "step, event_id, state, lease_until, attempts, last_error, result, updated_at";
+
+impl D1Ledger {
+    async fn run(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<usize, LedgerError> {
+        let result = self
+            .statement(operation, sql, args)?
+            .run()
+            .await
+            .map_err(failure(operation))?;
+        let meta = result.meta().map_err(failure(operation))?;
+        Ok(meta.and_then(|m| m.changes).unwrap_or(0))
+    }
+
+    pub(crate) async fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Vec<T>, LedgerError> {
+        let result = self
+            .statement(operation, sql, args)?
+            .all()
+            .await
+            .map_err(failure(operation))?;
+        if let Some(detail) = result.error() {
+            return Err(LedgerError { operation, detail });
+        }
+        result.results().map_err(failure(operation))
+    }
+
+    pub(crate) async fn first<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Option<T>, LedgerError> {
+        self.statement(operation, sql, args)?
+            .first(None)
+            .await
+            .map_err(failure(operation))
+    }
+}
+
+/// Inserts a purchase in `state`; on conflict, moves it to `state` only from `from`.
+const UPSERT_PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemode, created_at, updated_at) \
+    VALUES (?1, ?2, ?3, ?4, ?4) \
+    ON CONFLICT (session_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at \
+    WHERE purchases.state IN (SELECT value FROM json_each(?5))";
+
+impl Ledger for D1Ledger {
+    async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
+        const SQL: &str = "INSERT INTO events \
+            (id, type, livemode, api_version, created, object_id, disposition, received_at) \
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+            ON CONFLICT (id) DO NOTHING RETURNING id";
+        let args = [
+            text(&r.id),
+            text(&r.kind),
+            int(i64::from(r.livemode)),
+            opt_text(r.api_version.as_deref()),
+            r.created.map_or(JsValue::NULL, int),
+            opt_text(r.object_id.as_deref()),
+            text(r.disposition),
+            int(r.received_at_ms as i64),
+        ];
+        let row: Option<Returned> = self
+            .statement("claim_event", SQL, &args)?
+            .first(None)
+            .await
+            .map_err(failure("claim_event"))?;
+        Ok(if row.is_some() {
+            Claim::New
+        } else {
+            Claim::Seen
+        })
+    }
+
+    async fn await_payment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let args = [
+            text(session_id),
+            text("awaiting_payment"),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text("[]"),
+        ];
+        self.run("await_payment", UPSERT_PURCHASE, &args)
+            .await
+            .map(drop)
+    }
+
+    async fn payment_failed(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let args = [
+            text(session_id),
+            text("payment_failed"),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text(r#"["awaiting_payment"]"#),
+        ];
+        self.run("payment_failed", UPSERT_PURCHASE, &args)
+            .await
+            .map(drop)
+    }
+
+    async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const INSERT_STEP: &str =
+            "INSERT INTO steps (session_id, step, event_id, state, attempts, created_at, updated_at) \
+            VALUES (?1, ?2, ?4, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
+        let state = if steps.is_empty() {
+            "nothing_to_fulfil"
+        } else {
+            "fulfilling"
+        };
+        let purchase_args = [
+            text(session_id),
+            text(state),
+            int(i64::from(livemode)),
+            int(now_ms as i64),
+            text(r#"["awaiting_payment","payment_failed"]"#),
+        ];
+        let mut batch = vec![self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?];
+        for step in steps {
+            let args = [
+                text(session_id),
+                text(step),
+                int(now_ms as i64),
+                text(event_id),
+            ];
+            batch.push(self.statement("open_fulfilment", INSERT_STEP, &args)?);
+        }
+        // One batch is one transaction and one round trip; each statement is idempotent
+        // on its own, so a retry after a partial failure is safe too.
+        let results = self
+            .db
+            .batch(batch)
+            .await
+            .map_err(failure("open_fulfilment"))?;
+        match results.iter().find_map(|r| r.error()) {
+            Some(detail) => Err(LedgerError {
+                operation: "open_fulfilment",
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<StepClaim>, LedgerError> {
+        const SQL: &str = "UPDATE steps SET state = 'running', attempts = attempts + 1, lease_until = ?3, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 \
+            AND (state = 'pending' OR (state = 'running' AND lease_until <= ?4)) \
+            RETURNING attempts, event_id";
+        let args = [
+            text(session_id),
+            text(step),
+            int(lease_until as i64),
+            int(now_ms as i64),
+        ];
+        let row: Option<Claimed> = self.first("claim_step", SQL, &args).await?;
+        Ok(row.map(|r| StepClaim {
+            attempt: r.attempts as u32,
+            event_id: r.event_id,
+        }))
+    }
+
+    async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError> {
+        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE session_id = ?1 AND step = ?2");
+        let row: Option<RawStep> = self
+            .first("step", &sql, &[text(session_id), text(step)])
+            .await?;
+        Ok(row.and_then(RawStep::into_row))
+    }
+
+    async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError> {
+        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE session_id = ?1 ORDER BY step");
+        let rows: Vec<RawStep> = self.all("steps_of", &sql, &[text(session_id)]).await?;
+        Ok(rows.into_iter().filter_map(RawStep::into_row).collect())
+    }
+
+    async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
+        const STEPS: &str = "UPDATE steps SET state = 'pending', updated_at = ?2 \
+            WHERE session_id = ?1 AND state = 'failed'";
+        const PURCHASE: &str = "UPDATE purchases SET state = 'fulfilling', updated_at = ?2 \
+            WHERE session_id = ?1 AND state = 'failed'";
+        let args = [text(session_id), int(now_ms as i64)];
+        let batch = vec![
+            self.statement("reset_failed", STEPS, &args)?,
+            self.statement("reset_failed", PURCHASE, &args)?,
+        ];
+        let results = self
+            .db
+            .batch(batch)
+            .await
+            .map_err(failure("reset_failed"))?;
+        let changed = results
+            .first()
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
+        Ok(changed as u32)
+    }
+
+    async fn note_failure(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const SQL: &str =
+            "UPDATE steps SET attempts = attempts + 1, last_error = ?2, updated_at = ?3 \
+            WHERE session_id = ?1 AND state = 'pending'";
+        self.run(
+            "note_failure",
+            SQL,
+            &[text(session_id), text(error), int(now_ms as i64)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn fail_waiting(
+        &self,
+        session_id: &str,
+        error: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        const SQL: &str = "UPDATE steps SET state = 'failed', last_error = ?2, updated_at = ?3 \
+            WHERE session_id = ?1 AND state = 'pending' RETURNING step";
+        #[derive(Deserialize)]
+        struct Failed {
+            step: String,
+        }
+        let rows: Vec<Failed> = self
+            .all(
+                "fail_waiting",
+                SQL,
+                &[text(session_id), text(error), int(now_ms as i64)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.step).collect())
+    }
+
+    async fn cursor(&self, name: &'static str) -> Result<Option<i64>, LedgerError> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: f64,
+        }
+        let row: Option<Row> = self
+            .first(
+                "cursor",
+                "SELECT value FROM cursors WHERE name = ?1",
+                &[text(name)],
+            )
+            .await?;
+        Ok(row.map(|r| r.value as i64))
+    }
+
+    async fn advance_cursor(
+        &self,
+        name: &'static str,
+        value: i64,
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        const SQL: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
+            ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+            WHERE excluded.value > cursors.value";
+        let args = [text(name), int(value), int(now_ms as i64)];
+        self.run("advance_cursor", SQL, &args).await.map(drop)
+    }
+
+    async fn prune_events(&self, before_ms: u64, limit: u32) -> Result<u32, LedgerError> {
+        const SQL: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
+            WHERE e.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM purchases p \
+              WHERE p.session_id = e.object_id AND p.state IN ('awaiting_payment', 'fulfilling', 'failed')) \
+            LIMIT ?2)";
+        let args = [int(before_ms as i64), int(i64::from(limit))];
+        Ok(self.run("prune_events", SQL, &args).await? as u32)
+    }
+
+    async fn stalled_sessions(
+        &self,
+        now_ms: u64,
+        idle_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, LedgerError> {
+        const SQL: &str = "SELECT session_id FROM steps \
+            WHERE (state = 'pending' AND updated_at < ?2) OR (state = 'running' AND lease_until <= ?1) \
+            GROUP BY session_id ORDER BY MIN(updated_at) LIMIT ?3";
+        let args = [
+            int(now_ms as i64),
+            int(idle_before_ms as i64),
+            int(i64::from(limit)),
+        ];
+        let rows: Vec<SessionOnly> = self.all("stalled_sessions", SQL, &args).await?;
+        Ok(rows.into_iter().map(|r| r.session_id).collect())
+    }
+
+    async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        const DONE: &str = "UPDATE steps SET state = 'done', result = ?5, last_error = NULL, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        const RELEASE: &str = "UPDATE steps SET state = 'pending', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        const FAIL: &str = "UPDATE steps SET state = 'failed', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+        let (sql, value) = match settlement {
+            Settlement::Done(result) => (DONE, result),
+            Settlement::Release(error) => (RELEASE, error),
+            Settlement::Fail(error) => (FAIL, error),
+        };
+        let args = [
+            text(session_id),
+            text(step),
+            int(i64::from(attempt)),
+            int(now_ms as i64),
+            text(value),
+        ];
+        Ok(self.run("settle_step", sql, &args).await? == 1)
+    }
+
+    async fn finish_purchase(
+        &self,
+        session_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<PurchaseState>, LedgerError> {
+        const SQL: &str = "UPDATE purchases SET updated_at = ?2, state = CASE \
+              WHEN EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state = 'failed') THEN 'failed' \
+              WHEN NOT EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state <> 'done') THEN 'fulfilled' \
+              ELSE 'fulfilling' END \
+            WHERE session_id = ?1 AND state IN ('fulfilling', 'failed', 'fulfilled') \
+            RETURNING state";
+        let row: Option<StateOnly> = self
+            .first(
+                "finish_purchase",
+                SQL,
+                &[text(session_id), int(now_ms as i64)],
+            )
+            .await?;
+        Ok(row.and_then(|r| PurchaseState::parse(&r.state)))
+    }
+}

@@ -1,0 +1,33 @@
+//! The D1 adapters: the only home of SQL in this project. Each implements a port of
+//! the core (`stripe_edge_core::ports`) over the `DB` binding; the schema is
+//! `migrations/`.
+
+use stripe_edge_core::ports::ledger::LedgerError;
+use worker::wasm_bindgen::JsValue;
+
+pub mod ledger;
+pub mod ops_store;
+pub mod throttle;
+
+pub use ledger::D1Ledger;
+pub use throttle::D1Throttle;
+
+pub(super) fn failure(operation: &'static str) -> impl Fn(worker::Error) -> LedgerError {
+    move |e| LedgerError {
+        operation,
+        detail: e.to_string(),
+    }
+}
+
+pub(super) fn text(value: &str) -> JsValue {
+    JsValue::from_str(value)
+}
+
+pub(super) fn opt_text(value: Option<&str>) -> JsValue {
+    value.map_or(JsValue::NULL, JsValue::from_str)
+}
+
+/// D1 takes JavaScript numbers; every integer we store is far below 2^53.
+pub(super) fn int(value: i64) -> JsValue {
+    JsValue::from_f64(value as f64)
+}

@@ -1,0 +1,206 @@
+//! Routing, and the glue of each route: reads what the core needs from the request
+//! (method, path, headers, the capped body), calls the core, logs its line and copies
+//! its reply into the `Response`.
+
+use futures_util::StreamExt;
+use stripe_edge_core::checkout::{self, CheckoutDeps, CheckoutRequest, Verb};
+use stripe_edge_core::http::{self, health};
+use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
+use stripe_edge_core::ports::ledger::LedgerError;
+use worker::{Env, Method, Request, Response, Result};
+
+use crate::fetch::{FetchUpstream, WorkerClock};
+use crate::runtime::{load_config, nonce, now_ms, throttle, Console, Runtime, WorkerPause};
+use crate::{ops, response, subtle};
+
+pub const WEBHOOK_PATH: &str = "/webhooks/stripe";
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Routes a request. It arrives as the runtime's own `Request`: workers-rs's wrapper
+/// reads `request.cf` eagerly, a large object workerd builds on access, which
+/// `bench/workers.sh` profiled at ~3 % of a delivery's CPU. Webhook deliveries never
+/// need it; the other routes get the wrapper.
+pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
+    let started = now_ms();
+    let method = Method::from(raw.method());
+    let url = raw.url();
+    match (path_of(&url), method) {
+        (WEBHOOK_PATH, Method::Post) => webhook(raw, env, started).await,
+        (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
+        (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
+        (checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
+        (path, _) if path.starts_with(stripe_edge_core::ops::PREFIX) => {
+            let config = load_config(&env);
+            ops::handle(Request::from(raw), env, config).await
+        }
+        _ => answer(Decision::refused(Refusal::NotFound), started),
+    }
+}
+
+/// The path of a serialised URL (`https://host/path?query`), split as a string: the
+/// `url` crate's parser would add its IDNA tables to the upload (see BENCHMARKS.md).
+fn path_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
+    Ok(raw.headers().get(name)?)
+}
+
+async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Response> {
+    let config = load_config(&env);
+    if config.webhook_secrets.is_empty() {
+        return answer(Decision::refused(Refusal::NotConfigured), started);
+    }
+    let too_large = Decision::refused(Refusal::TooLarge {
+        limit: config.max_body_bytes,
+    });
+    let declared = header(&raw, "content-length")?.and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.max_body_bytes) {
+        return answer(too_large, started);
+    }
+    let signature = header(&raw, "stripe-signature")?;
+    let body = match declared {
+        // One copy into wasm when the length is known (Stripe always sends it), instead
+        // of a crossing per stream chunk; the runtime holds the body to that length.
+        Some(_) => {
+            let buffer = wasm_bindgen_futures::JsFuture::from(raw.array_buffer()?).await?;
+            let body = worker::js_sys::Uint8Array::new(&buffer).to_vec();
+            Some(body).filter(|b| b.len() as u64 <= config.max_body_bytes)
+        }
+        None => read_capped(&mut Request::from(raw), config.max_body_bytes).await?,
+    };
+    let Some(body) = body else {
+        return answer(too_large, started);
+    };
+    let tags = subtle::tags(&config.webhook_secrets, signature.as_deref(), &body).await;
+    let delivery = Delivery {
+        signature: signature.as_deref(),
+        body: &body,
+        tags: tags.as_deref(),
+    };
+    let decision = match Runtime::bind(&env, config) {
+        Ok(runtime) => ingress::handle(&runtime.deps(true), delivery, started).await,
+        Err(e) => Decision::refused(Refusal::Unavailable(LedgerError {
+            operation: "bind",
+            detail: e.to_string(),
+        })),
+    };
+    answer(decision, started)
+}
+
+/// Reads the body, giving up as soon as it exceeds `limit` (a chunked body has no
+/// Content-Length to check up front). `None` means too large.
+async fn read_capped(req: &mut Request, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Some(Vec::new())); // no body at all
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// `/checkout`: reads the method, `Origin`, `CF-Connecting-IP` and the (capped) body,
+/// runs the core's handler with D1 counting code attempts, then logs and answers.
+async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> {
+    let config = load_config(&env);
+    let verb = match req.method() {
+        Method::Post => Verb::Post,
+        Method::Options => Verb::Options,
+        _ => Verb::Other,
+    };
+    let origin = req.headers().get("origin")?;
+    let client_ip = req.headers().get("cf-connecting-ip")?;
+    let idempotency_key = req.headers().get("idempotency-key")?;
+    let nonce = nonce();
+    let body = match verb {
+        Verb::Post => read_capped(&mut req, checkout::CHECKOUT_MAX_BODY_BYTES).await?,
+        _ => Some(Vec::new()),
+    };
+    let request = CheckoutRequest {
+        verb,
+        origin: origin.as_deref(),
+        client_ip: client_ip.as_deref(),
+        idempotency_key: idempotency_key.as_deref(),
+        nonce: &nonce,
+        body: body.as_deref(),
+    };
+    let deps = CheckoutDeps {
+        config: &config,
+        upstream: &FetchUpstream,
+        clock: &WorkerClock,
+        throttle: &throttle(&env),
+        pause: &WorkerPause,
+    };
+    let decision = checkout::handle(&deps, &request, started).await;
+    http::checkout::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    response::checkout(&http::checkout::for_decision(&decision))
+}
+
+async fn healthz(env: Env) -> Result<Response> {
+    let config = load_config(&env);
+    let database_ok = match Runtime::bind(&env, config.clone()) {
+        Ok(runtime) => runtime.ledger.ping().await.is_ok(),
+        Err(_) => false,
+    };
+    response::json(health::healthz(&config, database_ok))
+}
+
+fn answer(decision: Decision, started: u64) -> Result<Response> {
+    http::webhook::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    response::json(http::webhook::for_decision(&decision))
+}
+
+/// The scheduled run (`stripe_edge_core::maintenance::scheduled`), or an error line
+/// when D1 is not bound.
+pub async fn scheduled(env: Env) {
+    match Runtime::bind(&env, load_config(&env)) {
+        Ok(runtime) => {
+            stripe_edge_core::maintenance::scheduled(&runtime.deps(true), &throttle(&env)).await
+        }
+        Err(e) => stripe_edge_core::log::Line::error("scheduled run failed")
+            .text("detail", &e.to_string())
+            .emit(&Console),
+    }
+}
+
+/// Logs a panic-free but failed request (a bug in the glue) without its detail leaking
+/// to the client.
+pub fn internal_error(e: &worker::Error) -> Result<Response> {
+    stripe_edge_core::log::Line::error("internal error")
+        .text("detail", &e.to_string())
+        .emit(&Console);
+    response::json(http::webhook::Reply::internal_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn the_path_is_cut_from_a_serialised_url() {
+        assert_eq!(
+            path_of("https://h.example/webhooks/stripe"),
+            "/webhooks/stripe"
+        );
+        assert_eq!(
+            path_of("http://127.0.0.1:8787/webhooks/stripe?x=1#f"),
+            "/webhooks/stripe"
+        );
+        assert_eq!(path_of("https://h.example"), "/");
+        assert_eq!(path_of("https://h.example/?q"), "/");
+        assert_eq!(
+            path_of("https://h.example/admin/purchases/cs_1"),
+            "/admin/purchases/cs_1"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! HMAC-SHA256 through the platform's SubtleCrypto, for large bodies.
+//!
+//! workerd's SubtleCrypto is BoringSSL: native, with the CPU's SHA extensions, while
+//! our SHA-256 is portable code compiled to wasm. Below [`MIN_BYTES`] the wasm path wins
+//! (no promise, no JavaScript crossing per secret); above it the native hash does.
+//! `bench/workers.sh` measures both whole Workers; the threshold comes from it.
+//!
+//! Only the tags are computed here. Comparing them with the header's `v1` values
+//! (in constant time) and the tolerance stay in `signature::verify_tags`, so there is one
+//! verifier, and native tests exercise it. Any JavaScript error returns `None` and the
+//! delivery is verified in Rust instead: this is an optimisation, never a second opinion.
+
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use worker::js_sys::{Array, Object, Reflect, Uint8Array};
+
+use stripe_edge_core::settings::Secret;
+use stripe_edge_core::stripe::signature::{self, Tag};
+
+/// Bodies at least this large are hashed by SubtleCrypto.
+pub const MIN_BYTES: usize = 4 * 1024;
+
+thread_local! {
+    /// Imported HMAC keys, per secret: the settings live as long as the isolate, and
+    /// importing costs a promise round trip per secret and delivery.
+    static KEYS: std::cell::RefCell<Vec<(Vec<u8>, web_sys::CryptoKey)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The tags of the header's timestamp and `body` under each secret, in order; `None`
+/// when the body is small, the header unreadable (the verifier reports why), or
+/// SubtleCrypto failed.
+pub async fn tags(secrets: &[Secret], header: Option<&str>, body: &[u8]) -> Option<Vec<Tag>> {
+    if body.len() < MIN_BYTES {
+        return None;
+    }
+    let header = signature::parse_header(header?).ok()?;
+    // SubtleCrypto signs one buffer: `t.` then the raw bytes, as Stripe signed them.
+    let mut signed = Vec::with_capacity(header.timestamp_text.len() + 1 + body.len());
+    signed.extend_from_slice(header.timestamp_text.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let subtle = subtle().ok()?;
+    let mut tags = Vec::with_capacity(secrets.len());
+    for secret in secrets {
+        tags.push(sign(&subtle, secret.as_ref(), &signed).await.ok()?);
+    }
+    Some(tags)
+}
+
+/// `globalThis.crypto.subtle`. Read by name: workerd's global is not an instance of
+/// `WorkerGlobalScope`, so a checked cast would fail.
+fn subtle() -> Result<web_sys::SubtleCrypto, JsValue> {
+    let crypto = Reflect::get(&worker::js_sys::global(), &"crypto".into())?;
+    if crypto.is_undefined() {
+        return Err("no globalThis.crypto".into());
+    }
+    Ok(crypto.unchecked_into::<web_sys::Crypto>().subtle())
+}
+
+async fn sign(subtle: &web_sys::SubtleCrypto, secret: &[u8], data: &[u8]) -> Result<Tag, JsValue> {
+    let key = key(subtle, secret).await?;
+    let mac = JsFuture::from(subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
+    // An ArrayBuffer of 32 bytes.
+    let mac = Uint8Array::new(&mac);
+    let mut tag = [0u8; 32];
+    if mac.length() != 32 {
+        return Err("HMAC-SHA256 is not 32 bytes".into());
+    }
+    mac.copy_to(&mut tag);
+    Ok(tag)
+}
+
+/// The HMAC key of `secret`, imported once per isolate.
+async fn key(subtle: &web_sys::SubtleCrypto, secret: &[u8]) -> Result<web_sys::CryptoKey, JsValue> {
+    let cached = KEYS.with(|keys| {
+        let keys = keys.borrow();
+        keys.iter()
+            .find(|(s, _)| s == secret)
+            .map(|(_, k)| k.clone())
+    });
+    if let Some(key) = cached {
+        return Ok(key);
+    }
+    let algorithm = Object::new();
+    Reflect::set(&algorithm, &"name".into(), &"HMAC".into())?;
+    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into())?;
+    let usages = Array::of1(&"sign".into());
+    let key_data = Uint8Array::from(secret);
+    let key = JsFuture::from(
+        subtle.import_key_with_object("raw", &key_data, &algorithm, false, &usages)?,
+    )
+    .await?
+    .dyn_into::<web_sys::CryptoKey>()?;
+    KEYS.with(|keys| keys.borrow_mut().push((secret.to_vec(), key.clone())));
+    Ok(key)
+}
