@@ -1,9 +1,11 @@
 //! Throttling promotion-code guesses: a bounded number of requests carrying a code per
 //! client per fixed window (`CHECKOUT_CODE_ATTEMPTS` per `CHECKOUT_CODE_WINDOW_SECS`).
 //!
-//! The counter lives behind [`Throttle`]: D1 at the edge (one atomic upsert, see
-//! `migrations/0003_checkout_code_attempts.sql`), memory in native tests. It is keyed by
-//! a SHA-256 of the client's address, never the address itself.
+//! The counter lives behind the `Throttle` port: D1 at the edge (one atomic upsert, see
+//! `migrations/0003_checkout_code_attempts.sql` and `src/d1/throttle.rs`), memory in
+//! native tests. It is keyed by an HMAC-SHA256 of the client's address under
+//! `STRIPE_API_KEY` ([`client_key`]), never the address itself, so the table cannot be
+//! reversed by hashing every IPv4 address.
 
 use std::net::IpAddr;
 

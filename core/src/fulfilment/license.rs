@@ -4,9 +4,27 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::fulfilment::plan::{Purchase, Step};
-use crate::ports::{HttpRequest, Method};
-use crate::settings::{ServiceSettings, LICENSE_SERVER_URL};
-use crate::upstream::StepError;
+use crate::ports::{Clock, HttpRequest, Method, Upstream};
+use crate::settings::{Config, ServiceSettings, LICENSE_SERVER_URL};
+use crate::upstream::{call, Callee, Deadline, StepError};
+
+/// Runs the step and returns the license key.
+pub async fn run(
+    purchase: &Purchase,
+    config: &Config,
+    upstream: &impl Upstream,
+    clock: &impl Clock,
+    deadline: Deadline,
+) -> Result<String, StepError> {
+    let service = configured(config.license.as_ref())?;
+    let mut request = request(purchase, service)
+        .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))?;
+    if let Some(signer) = &config.forward_signer {
+        signer.attach(&mut request, (clock.now_ms() / 1000) as i64);
+    }
+    let body = call(upstream, clock, deadline, Callee::License, request).await?;
+    license_key(&body)
+}
 
 /// The request for a purchase; `None` when the session names no product.
 pub fn request(purchase: &Purchase, service: &ServiceSettings) -> Option<HttpRequest> {

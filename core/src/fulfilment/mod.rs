@@ -19,7 +19,7 @@ use crate::ports::Sink;
 use crate::ports::{Clock, Upstream};
 use crate::settings::{Config, STRIPE_API_KEY};
 use crate::stripe::api::StripeApi;
-use crate::upstream::{call, Callee, Deadline, StepError};
+use crate::upstream::{Deadline, StepError};
 
 /// How long a claim holds a step. Longer than a delivery can take (10 s), so a lease
 /// only runs out when its holder died mid-call.
@@ -276,27 +276,10 @@ async fn execute<L, U: Upstream, C: Clock, S>(
     step: Step,
     deadline: Deadline,
 ) -> Result<String, StepError> {
+    let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
     match step {
-        Step::License => {
-            let service = license::configured(deps.config.license.as_ref())?;
-            let mut request = license::request(purchase, service)
-                .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))?;
-            if let Some(signer) = &deps.config.forward_signer {
-                signer.attach(&mut request, (deps.clock.now_ms() / 1000) as i64);
-            }
-            let body = call(
-                deps.upstream,
-                deps.clock,
-                deadline,
-                Callee::License,
-                request,
-            )
-            .await?;
-            license::license_key(&body)
-        }
-        Step::Shipping => {
-            shipping::run(purchase, deps.config, deps.upstream, deps.clock, deadline).await
-        }
+        Step::License => license::run(purchase, config, upstream, clock, deadline).await,
+        Step::Shipping => shipping::run(purchase, config, upstream, clock, deadline).await,
     }
 }
 

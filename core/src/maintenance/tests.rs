@@ -178,11 +178,37 @@ fn retention_prunes_old_events_but_keeps_unfinished_purchases_and_all_mappings()
     assert!(ledger.purchase("cs_done").is_some() && ledger.purchase("cs_open").is_some());
 }
 
+#[test]
+fn the_scheduled_run_prunes_old_code_windows_and_logs_one_summary() {
+    use crate::maintenance::{scheduled, CODE_WINDOWS_KEPT_SECS};
+    use crate::ports::Throttle;
+    use crate::testing::MemoryThrottle;
+    let world = world();
+    let throttle = MemoryThrottle::default();
+    let now_secs = NOW_MS / 1000;
+    block_on(throttle.hit("old", now_secs - CODE_WINDOWS_KEPT_SECS - 600)).unwrap();
+    block_on(throttle.hit("new", now_secs - 600)).unwrap();
+    block_on(scheduled(&world.deps(), &throttle));
+    assert_eq!(
+        throttle.counts.borrow().len(),
+        1,
+        "only the old window goes"
+    );
+    let log = world.log.joined();
+    assert!(log.contains(r#""msg":"scheduled run""#) && log.contains(r#""code_windows_pruned":1"#));
+    world.ledger.unavailable.set(true);
+    block_on(scheduled(&world.deps(), &throttle));
+    assert!(world
+        .log
+        .joined()
+        .contains(r#""msg":"scheduled run failed""#));
+}
+
 mod queue_mode {
     use super::*;
     use crate::maintenance::QUEUE_IDLE_BEFORE_REDRIVE_MS;
     use crate::ports::FulfilMessage;
-    use crate::queue_mode::{decide, QueueVerdict};
+    use crate::queue_mode::{consumer, QueueVerdict};
 
     fn queued_world() -> World {
         let world = world();
@@ -234,6 +260,35 @@ mod queue_mode {
         assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
     }
 
+    /// Runs one message through the real consumer, as the Worker's queue entry does
+    /// (inline deps: the consumer never enqueues).
+    fn consume(world: &World) -> QueueVerdict {
+        world.queue_mode.set(false);
+        let message = Some(FulfilMessage {
+            session_id: "cs_1".into(),
+            event_id: "evt_1".into(),
+        });
+        let verdict = block_on(consumer::consume(&world.deps(), message, 0.5));
+        world.queue_mode.set(true);
+        verdict
+    }
+
+    #[test]
+    fn the_consumer_acks_a_finished_purchase_and_backs_off_a_failing_one() {
+        let world = queued_world();
+        deliver(&world);
+        world.upstream.script(Svc::License, [status(503)]);
+        assert_eq!(consume(&world), QueueVerdict::Retry(10));
+        assert!(world.log.joined().contains(r#""verdict":"retry""#));
+        assert_eq!(consume(&world), QueueVerdict::Ack);
+        assert_eq!(
+            world.ledger.purchase("cs_1"),
+            Some(PurchaseState::Fulfilled)
+        );
+        assert_eq!(consume(&world), QueueVerdict::Ack, "a duplicate message");
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 2);
+    }
+
     #[test]
     fn attempts_that_run_out_fail_the_waiting_steps() {
         let world = queued_world();
@@ -242,17 +297,7 @@ mod queue_mode {
             .upstream
             .script(Svc::License, (0..6).map(|_| status(503)));
         let max = world.config.max_attempts;
-        let mut verdicts = Vec::new();
-        for _ in 0..max {
-            let outcome =
-                block_on(resume(&world.deps(), "cs_1", world.clock.0.get())).map(|r| r.outcome);
-            let attempts = world.ledger.step_row("cs_1", "license").unwrap().attempts;
-            let policy = crate::queue_mode::RetryPolicy {
-                max_attempts: max,
-                base_secs: 10,
-            };
-            verdicts.push(decide(&outcome, attempts, policy, 0.5));
-        }
+        let verdicts: Vec<QueueVerdict> = (0..max).map(|_| consume(&world)).collect();
         assert!(matches!(verdicts[0], QueueVerdict::Retry(10)));
         assert_eq!(verdicts.last(), Some(&QueueVerdict::Exhausted));
         assert_eq!(
@@ -262,15 +307,57 @@ mod queue_mode {
                 .count(),
             1
         );
-        let failed = block_on(
-            world
-                .ledger
-                .fail_waiting("cs_1", "attempts exhausted", NOW_MS),
-        )
-        .unwrap();
-        assert_eq!(failed, vec!["license".to_string()]);
-        block_on(world.ledger.finish_purchase("cs_1", NOW_MS)).unwrap();
+        let license = world.ledger.step_row("cs_1", "license").unwrap();
+        assert_eq!(license.state, StepState::Failed);
+        assert!(license
+            .last_error
+            .unwrap()
+            .starts_with("attempts exhausted"));
         assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+        assert!(world.log.joined().contains("fulfilment attempts exhausted"));
+    }
+
+    #[test]
+    fn a_session_stripe_refuses_counts_as_an_attempt_and_ends_in_an_alert() {
+        let world = queued_world();
+        deliver(&world);
+        world.upstream.session.replace(None); // Stripe answers 404
+        let max = world.config.max_attempts;
+        let verdicts: Vec<QueueVerdict> = (0..max).map(|_| consume(&world)).collect();
+        assert_eq!(verdicts[0], QueueVerdict::Retry(10));
+        assert_eq!(verdicts.last(), Some(&QueueVerdict::Exhausted));
+        assert_eq!(
+            world.ledger.step_row("cs_1", "license").unwrap().state,
+            StepState::Failed
+        );
+        assert!(world.upstream.calls_to(Svc::License).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_message_is_acked_with_an_error_and_a_dead_letter_alerts() {
+        let world = queued_world();
+        assert_eq!(consumer::decode("{\"nope\": 1}"), None);
+        world.queue_mode.set(false);
+        assert_eq!(
+            block_on(consumer::consume(&world.deps(), None, 0.5)),
+            QueueVerdict::Ack
+        );
+        assert!(world.log.joined().contains("queue message unreadable"));
+        let message = consumer::decode(r#"{"session_id":"cs_9","event_id":"evt_9"}"#);
+        assert_eq!(
+            consumer::dead_letter(&world.log, message),
+            QueueVerdict::Ack
+        );
+        assert!(world
+            .log
+            .joined()
+            .contains(r#""msg":"fulfilment dead-lettered""#));
+        assert!(crate::queue_mode::is_dead_letter_queue(
+            "stripe-edge-fulfilment-dlq"
+        ));
+        assert!(!crate::queue_mode::is_dead_letter_queue(
+            "stripe-edge-fulfilment"
+        ));
     }
 
     #[test]

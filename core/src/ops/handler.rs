@@ -240,3 +240,163 @@ where
         OpsAnswer::Found(body)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_executor::block_on;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::http::ops::respond;
+    use crate::ingress::{self, Delivery};
+    use crate::ports::ledger::StepState;
+    use crate::stripe::signature::sign_header;
+    use crate::testing::{full_config_with, status, Svc, World, NOW_MS, WEBHOOK_SECRET};
+
+    const TOKEN: &str = "adm_0123456789abcdef0123456789abcdef";
+    const SESSION: &str = r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid","livemode":false,
+        "customer":"cus_1","payment_intent":"pi_1","metadata":{"slug":"pro"},
+        "customer_details":{"email":"ada@example.com","name":"Ada"}}"#;
+
+    fn world() -> World {
+        let world = World::new(full_config_with(&[("ADMIN_TOKEN", TOKEN)]));
+        world.upstream.session.replace(Some(SESSION.into()));
+        world
+    }
+
+    fn deliver(world: &World) {
+        let body = format!(
+            r#"{{"id":"evt_1","object":"event","type":"checkout.session.completed","livemode":false,"data":{{"object":{SESSION}}}}}"#
+        );
+        let header = sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes());
+        let delivery = Delivery {
+            signature: Some(&header),
+            body: body.as_bytes(),
+            tags: None,
+        };
+        block_on(ingress::handle(&world.deps(), delivery, NOW_MS));
+    }
+
+    /// One call through the real handler and the real status mapping.
+    fn call(world: &World, method: &str, path: &str, query: Option<&str>) -> (u16, Value) {
+        let authorization = format!("Bearer {TOKEN}");
+        let call = OpsCall {
+            method,
+            path,
+            query,
+            authorization: Some(&authorization),
+        };
+        let (answer, line) = block_on(handle(&world.deps(), call, NOW_MS));
+        let (reply, lines) = respond(answer, line, 0);
+        assert!(lines.last().unwrap().to_json().contains("tok_"));
+        (reply.status, reply.body)
+    }
+
+    #[test]
+    fn without_a_token_setting_every_route_is_404_and_a_wrong_token_401() {
+        let closed = World::new(crate::testing::full_config());
+        let call = OpsCall {
+            method: "GET",
+            path: "/admin/purchases",
+            query: None,
+            authorization: Some("Bearer x"),
+        };
+        let (answer, _) = block_on(handle(&closed.deps(), call, NOW_MS));
+        assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::NotFound));
+        let (answer, line) = block_on(handle(&world().deps(), call, NOW_MS));
+        assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::Unauthorized));
+        assert!(line.to_json().contains("admin refused"));
+    }
+
+    #[test]
+    fn the_purchase_lookup_shows_steps_keys_and_events_and_no_customer_data() {
+        let world = world();
+        deliver(&world);
+        let (status, body) = call(&world, "GET", "/admin/purchases/cs_1", None);
+        assert_eq!(status, 200);
+        assert_eq!(body["purchase"]["state"], "fulfilled");
+        assert_eq!(body["license_key"], "lic_1");
+        assert_eq!(body["events"][0]["id"], "evt_1");
+        assert_eq!(body["steps"][0]["step"], "license");
+        assert!(!body.to_string().contains("ada@example.com"));
+        let (status, body) = call(&world, "GET", "/admin/events/evt_1", None);
+        assert_eq!(
+            (status, &body["purchase"]["session_id"]),
+            (200, &"cs_1".into())
+        );
+        assert!(
+            body["steps"][0].get("result").is_none(),
+            "no license key here"
+        );
+        assert_eq!(call(&world, "GET", "/admin/events/evt_9", None).0, 404);
+        assert_eq!(call(&world, "GET", "/admin/purchases/cs_9", None).0, 404);
+    }
+
+    #[test]
+    fn a_replay_runs_the_failed_step_once_and_lists_move() {
+        let world = world();
+        world.upstream.script(Svc::License, [status(400)]);
+        deliver(&world);
+        let (status, body) = call(&world, "GET", "/admin/purchases", Some("state=failed"));
+        assert_eq!(
+            (status, body["purchases"][0]["session_id"].as_str()),
+            (200, Some("cs_1"))
+        );
+        let (status, body) = call(&world, "POST", "/admin/purchases/cs_1/replay", None);
+        assert_eq!((status, body["outcome"].as_str()), (200, Some("complete")));
+        assert_eq!(body["reset"], 1);
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 2);
+        let (_, body) = call(&world, "GET", "/admin/purchases", Some("state=failed"));
+        assert_eq!(body["purchases"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_replay_without_a_stripe_key_resets_nothing_and_answers_503() {
+        let world = World::new(full_config_with(&[
+            ("ADMIN_TOKEN", TOKEN),
+            ("STRIPE_API_KEY", ""),
+        ]));
+        world.upstream.script(Svc::License, [status(400)]);
+        deliver(&world);
+        let (status, body) = call(&world, "POST", "/admin/purchases/cs_1/replay", None);
+        assert_eq!(status, 503);
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("STRIPE_API_KEY"));
+        assert_eq!(
+            world.ledger.step_row("cs_1", "license").unwrap().state,
+            StepState::Failed
+        );
+        assert_eq!(
+            call(&world, "POST", "/admin/purchases/cs_9/replay", None).0,
+            503
+        );
+    }
+
+    #[test]
+    fn a_replay_of_an_unknown_purchase_is_404_and_a_stripe_outage_502() {
+        let world = world();
+        assert_eq!(
+            call(&world, "POST", "/admin/purchases/cs_9/replay", None).0,
+            404
+        );
+        world.upstream.script(Svc::License, [status(400)]);
+        deliver(&world);
+        world.upstream.script(Svc::Session, [status(503)]);
+        let (status, body) = call(&world, "POST", "/admin/purchases/cs_1/replay", None);
+        assert_eq!(
+            (status, body["outcome"].as_str()),
+            (502, Some("session_unavailable"))
+        );
+    }
+
+    #[test]
+    fn a_ledger_outage_is_503_with_a_generic_body() {
+        let world = world();
+        world.ledger.unavailable.set(true);
+        let (status, body) = call(&world, "GET", "/admin/purchases/cs_1", None);
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "ledger unavailable, retry");
+    }
+}

@@ -146,7 +146,7 @@ pub fn verify_at<S: AsRef<[u8]>>(
 
 /// The rest of [`verify_at`] once the tags of `timestamp_text.body` under each secret
 /// are known: the edge computes them with SubtleCrypto for large bodies (see
-/// `edge::subtle`), where the platform's native HMAC beats one compiled to wasm.
+/// `src/subtle.rs` in the Worker crate), where the platform's native HMAC beats one compiled to wasm.
 pub fn verify_tags(
     header: &SignatureHeader<'_>,
     tags: impl IntoIterator<Item = Tag>,

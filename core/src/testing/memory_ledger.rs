@@ -4,10 +4,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
+use serde_json::{json, Value};
+
 use crate::ports::ledger::{
     Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
     StepState,
 };
+use crate::ports::ops_store::{ListQuery, OpsStore, StateFilter};
 
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
@@ -15,6 +18,8 @@ pub struct MemoryLedger {
     pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
     pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
     pub cursors: RefCell<BTreeMap<&'static str, i64>>,
+    /// Per purchase: livemode, created_at, updated_at (what the ops API lists).
+    pub purchase_times: RefCell<BTreeMap<String, (bool, u64, u64)>>,
     /// When set, every call fails as an unavailable database would.
     pub unavailable: Cell<bool>,
 }
@@ -39,6 +44,34 @@ impl MemoryLedger {
                 purchases.insert(session_id.to_string(), state);
             }
         }
+    }
+
+    /// A purchase as the ops API shows it.
+    fn purchase_json(&self, session_id: &str) -> Option<Value> {
+        let (livemode, created, updated) = self
+            .purchase_times
+            .borrow()
+            .get(session_id)
+            .copied()
+            .unwrap_or_default();
+        self.purchase(session_id).map(|state| {
+            json!({
+                "session_id": session_id, "state": state.as_str(),
+                "livemode": u8::from(livemode), "created_at": created, "updated_at": updated,
+            })
+        })
+    }
+
+    /// Records when a purchase was written (and its livemode when known).
+    fn touch(&self, session_id: &str, livemode: Option<bool>, now_ms: u64) {
+        let mut times = self.purchase_times.borrow_mut();
+        let entry = times
+            .entry(session_id.to_string())
+            .or_insert((false, now_ms, now_ms));
+        if let Some(livemode) = livemode {
+            entry.0 = livemode;
+        }
+        entry.2 = now_ms;
     }
 
     pub fn purchase(&self, session_id: &str) -> Option<PurchaseState> {
@@ -67,21 +100,23 @@ impl Ledger for MemoryLedger {
     async fn await_payment(
         &self,
         session_id: &str,
-        _livemode: bool,
-        _now_ms: u64,
+        livemode: bool,
+        now_ms: u64,
     ) -> Result<(), LedgerError> {
         self.check("await_payment")?;
         self.upsert_purchase(session_id, PurchaseState::AwaitingPayment, &[]);
+        self.touch(session_id, Some(livemode), now_ms);
         Ok(())
     }
 
     async fn payment_failed(
         &self,
         session_id: &str,
-        _livemode: bool,
-        _now_ms: u64,
+        livemode: bool,
+        now_ms: u64,
     ) -> Result<(), LedgerError> {
         self.check("payment_failed")?;
+        self.touch(session_id, Some(livemode), now_ms);
         self.upsert_purchase(
             session_id,
             PurchaseState::PaymentFailed,
@@ -93,12 +128,13 @@ impl Ledger for MemoryLedger {
     async fn open_fulfilment(
         &self,
         session_id: &str,
-        _livemode: bool,
+        livemode: bool,
         event_id: &str,
         steps: &[&'static str],
         now_ms: u64,
     ) -> Result<(), LedgerError> {
         self.check("open_fulfilment")?;
+        self.touch(session_id, Some(livemode), now_ms);
         let state = if steps.is_empty() {
             PurchaseState::NothingToFulfil
         } else {
@@ -219,11 +255,15 @@ impl Ledger for MemoryLedger {
                 reset += 1;
             }
         }
-        self.upsert_purchase(
-            session_id,
-            PurchaseState::Fulfilling,
-            &[PurchaseState::Failed],
-        );
+        // An UPDATE, as in D1: an unknown purchase is not created.
+        if let Some(state) = self.purchases.borrow_mut().get_mut(session_id) {
+            if *state == PurchaseState::Failed {
+                *state = PurchaseState::Fulfilling;
+            }
+        }
+        if self.purchase(session_id).is_some() {
+            self.touch(session_id, None, now_ms);
+        }
         Ok(reset)
     }
 
@@ -342,9 +382,12 @@ impl Ledger for MemoryLedger {
     async fn finish_purchase(
         &self,
         session_id: &str,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Option<PurchaseState>, LedgerError> {
         self.check("finish_purchase")?;
+        if self.purchase(session_id).is_some() {
+            self.touch(session_id, None, now_ms);
+        }
         let states: Vec<StepState> = self
             .steps
             .borrow()
@@ -370,5 +413,91 @@ impl Ledger for MemoryLedger {
             PurchaseState::Fulfilling
         };
         Ok(Some(*current))
+    }
+}
+
+/// The ops API's reads over the same maps, with the D1 adapter's row shapes (SQLite
+/// booleans are 0 or 1).
+impl OpsStore for MemoryLedger {
+    async fn event_row(&self, event_id: &str) -> Result<Option<Value>, LedgerError> {
+        self.check("admin_event")?;
+        Ok(self.events.borrow().get(event_id).map(|e| {
+            json!({
+                "id": e.id, "type": e.kind, "livemode": u8::from(e.livemode),
+                "api_version": e.api_version, "created": e.created, "object_id": e.object_id,
+                "disposition": e.disposition, "received_at": e.received_at_ms,
+            })
+        }))
+    }
+
+    async fn purchase_row(&self, session_id: &str) -> Result<Option<Value>, LedgerError> {
+        self.check("admin_purchase")?;
+        Ok(self.purchase_json(session_id))
+    }
+
+    async fn mapping(&self, session_id: &str) -> Result<Option<Value>, LedgerError> {
+        self.check("admin_purchase")?;
+        if self.purchase(session_id).is_none() {
+            return Ok(None);
+        }
+        let done = |step| {
+            self.step_row(session_id, step)
+                .filter(|r| r.state == StepState::Done)
+                .and_then(|r| r.result)
+        };
+        Ok(Some(
+            json!({"license_key": done("license"), "shipment_id": done("shipping")}),
+        ))
+    }
+
+    async fn events_of(&self, session_id: &str) -> Result<Vec<Value>, LedgerError> {
+        self.check("admin_purchase")?;
+        let mut events: Vec<&EventRecord> = Vec::new();
+        let all = self.events.borrow();
+        events.extend(
+            all.values()
+                .filter(|e| e.object_id.as_deref() == Some(session_id)),
+        );
+        events.sort_by_key(|e| e.received_at_ms);
+        Ok(events
+            .iter()
+            .map(|e| json!({"id": e.id, "type": e.kind, "disposition": e.disposition, "received_at": e.received_at_ms}))
+            .collect())
+    }
+
+    async fn list_purchases(
+        &self,
+        query: &ListQuery,
+        stuck_before_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<Value>, LedgerError> {
+        self.check("admin_list")?;
+        let times = self.purchase_times.borrow();
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        for (id, state) in self.purchases.borrow().iter() {
+            let updated = times.get(id).map_or(0, |t| t.2);
+            let stuck = *state == PurchaseState::Fulfilling && updated < stuck_before_ms;
+            let failed = *state == PurchaseState::Failed;
+            let keep = match query.filter {
+                StateFilter::FailedOrStuck => failed || stuck,
+                StateFilter::Failed => failed,
+                StateFilter::Stuck => stuck,
+                StateFilter::State(wanted) => *state == wanted,
+            };
+            let before = match &query.before {
+                Some((at, before_id)) => updated < *at || (updated == *at && id < before_id),
+                None => true,
+            };
+            if keep && before {
+                rows.push((updated, id.clone()));
+            }
+        }
+        rows.sort_by(|a, b| b.cmp(a));
+        rows.truncate(limit as usize);
+        let mut out = Vec::new();
+        for (_, id) in rows {
+            out.extend(self.purchase_json(&id));
+        }
+        Ok(out)
     }
 }

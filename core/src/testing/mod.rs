@@ -53,7 +53,8 @@ pub enum Svc {
 
 pub type Answer = Result<HttpResponse, TransportError>;
 
-/// Answers by URL; scripted answers per service are used first, in order.
+/// Answers by URL, for the services [`service_of`] declares only (anything else
+/// panics); scripted answers per service are used first, in order.
 #[derive(Default)]
 pub struct FakeUpstream {
     pub calls: RefCell<Vec<HttpRequest>>,
@@ -149,19 +150,26 @@ impl FakeUpstream {
 pub const ONE_LINE_ITEM: &str = r#"{"object":"list","has_more":false,"data":[{"id":"li_1","description":"Mug","quantity":2,
     "amount_total":3000,"currency":"usd","price":{"id":"price_1","product":"prod_1","unit_amount":1500}}]}"#;
 
+/// The service a URL belongs to, among those [`full_config`] declares. Any other URL
+/// panics: a new upstream call must be declared here (with its answer in
+/// `FakeUpstream::answer`) before a native test can pass through it.
 fn service_of(url: &str) -> Svc {
-    if url.contains("/generate") {
+    let path = url.split('?').next().unwrap_or(url);
+    let stripe = |prefix: &str| path.starts_with(&format!("https://stripe.test{prefix}"));
+    if path == "https://license.test/generate" {
         Svc::License
-    } else if url.contains("/line_items") {
-        Svc::LineItems
-    } else if url.contains("/payment_intents/") {
-        Svc::PaymentIntent
-    } else if url.contains("/v1/events") {
-        Svc::Events
-    } else if url.contains("/v1/checkout/sessions/") {
-        Svc::Session
-    } else {
+    } else if path == "https://shipping.test/orders" {
         Svc::Shipping
+    } else if stripe("/v1/checkout/sessions/") && path.ends_with("/line_items") {
+        Svc::LineItems
+    } else if stripe("/v1/checkout/sessions/") {
+        Svc::Session
+    } else if stripe("/v1/payment_intents/") {
+        Svc::PaymentIntent
+    } else if path == "https://stripe.test/v1/events" {
+        Svc::Events
+    } else {
+        panic!("FakeUpstream: no service declared for {url}: declare it in core/src/testing/mod.rs (Svc, service_of)")
     }
 }
 
@@ -195,7 +203,15 @@ impl Upstream for FakeUpstream {
 
 /// A configuration with every service set.
 pub fn full_config() -> Config {
+    full_config_with(&[])
+}
+
+/// [`full_config`] with more settings (`(name, value)`), or some replaced.
+pub fn full_config_with(extra: &[(&str, &str)]) -> Config {
     Config::load(|name| {
+        if let Some((_, value)) = extra.iter().find(|(n, _)| *n == name) {
+            return Some(value.to_string());
+        }
         Some(
             match name {
                 "STRIPE_WEBHOOK_SECRET" => WEBHOOK_SECRET,
@@ -322,5 +338,47 @@ impl Throttle for MemoryThrottle {
         let before = counts.len();
         counts.retain(|(_, start), _| *start >= before_secs);
         Ok((before - counts.len()) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::Method;
+
+    fn get(url: &str) -> HttpRequest {
+        HttpRequest {
+            method: Method::Get,
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: 1_000,
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "no service declared for https://elsewhere.test/orders")]
+    fn a_call_to_an_undeclared_url_fails_loudly() {
+        let _ = futures_executor::block_on(
+            FakeUpstream::default().send(get("https://elsewhere.test/orders")),
+        );
+    }
+
+    #[test]
+    fn declared_services_are_told_apart_by_their_exact_urls() {
+        assert_eq!(service_of("https://license.test/generate"), Svc::License);
+        assert_eq!(service_of("https://shipping.test/orders"), Svc::Shipping);
+        assert_eq!(
+            service_of("https://stripe.test/v1/checkout/sessions/cs_1/line_items?limit=100"),
+            Svc::LineItems
+        );
+        assert_eq!(
+            service_of("https://stripe.test/v1/checkout/sessions/cs_1"),
+            Svc::Session
+        );
+        assert_eq!(
+            service_of("https://stripe.test/v1/events?type=x"),
+            Svc::Events
+        );
     }
 }
