@@ -352,7 +352,8 @@ impl Ledger for D1Ledger {
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
         const SQL: &str = "UPDATE steps SET state = 'failed', last_error = ?2, updated_at = ?3 \
-            WHERE session_id = ?1 AND state = 'pending' RETURNING step";
+            WHERE session_id = ?1 AND (state = 'pending' OR (state = 'running' AND lease_until <= ?3)) \
+            RETURNING step";
         #[derive(Deserialize)]
         struct Failed {
             step: String,

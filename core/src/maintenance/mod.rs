@@ -29,7 +29,7 @@ pub const QUEUE_IDLE_BEFORE_REDRIVE_MS: u64 = 20 * 60_000;
 pub const PRUNE_PER_RUN: u32 = 1_000;
 const DAY_MS: u64 = 86_400_000;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub redriven: u32,
     pub completed: u32,
@@ -39,6 +39,9 @@ pub struct Summary {
     /// Events listed from the Stripe API that the ledger had never seen, now ingested.
     pub reconciled: u32,
     pub pruned: u32,
+    /// The tasks of this run that failed (`reconcile`, `redrive`, `retention`,
+    /// `code_windows`); each also logged a `scheduled task failed` line.
+    pub failed: Vec<&'static str>,
 }
 
 /// The cursor of reconciliation: Stripe `created` (unix seconds) listed up to.
@@ -51,14 +54,45 @@ pub const RECONCILE_OVERLAP_SECS: i64 = 600;
 /// Pages of 100 events listed per run; a longer window is finished by later runs.
 pub const RECONCILE_MAX_PAGES: usize = 50;
 
+/// Runs every task of a scheduled run: reconciliation, re-drive, retention. Each runs
+/// whatever became of the others (a failed reconciliation must not stop the prune, nor
+/// the reverse); a task that fails logs why and is named in [`Summary::failed`].
 pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
-) -> Result<Summary, LedgerError> {
+) -> Summary {
+    let mut summary = Summary::default();
+    match reconcile(deps).await {
+        Ok(reconciled) => summary.reconciled = reconciled,
+        Err(e) => task_failed(deps.log, &mut summary, "reconcile", &e),
+    }
+    if let Err(e) = redrive(deps, &mut summary).await {
+        task_failed(deps.log, &mut summary, "redrive", &e);
+    }
+    let cutoff = deps
+        .clock
+        .now_ms()
+        .saturating_sub(deps.config.retention_days * DAY_MS);
+    match deps.ledger.prune_events(cutoff, PRUNE_PER_RUN).await {
+        Ok(pruned) => summary.pruned = pruned,
+        Err(e) => task_failed(deps.log, &mut summary, "retention", &e),
+    }
+    summary
+}
+
+fn task_failed<S: Sink>(log: &S, summary: &mut Summary, task: &'static str, e: &LedgerError) {
+    Line::error("scheduled task failed")
+        .label("task", task)
+        .text("detail", &e.detail)
+        .emit(log);
+    summary.failed.push(task);
+}
+
+/// Finishes purchases whose steps were left waiting, at most [`REDRIVE_PER_RUN`].
+async fn redrive<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    summary: &mut Summary,
+) -> Result<(), LedgerError> {
     let now = deps.clock.now_ms();
-    let mut summary = Summary {
-        reconciled: reconcile(deps).await?,
-        ..Summary::default()
-    };
     let idle = if deps.queue.is_some() {
         QUEUE_IDLE_BEFORE_REDRIVE_MS
     } else {
@@ -109,9 +143,7 @@ pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             }
         }
     }
-    let cutoff = now.saturating_sub(deps.config.retention_days * DAY_MS);
-    summary.pruned = deps.ledger.prune_events(cutoff, PRUNE_PER_RUN).await?;
-    Ok(summary)
+    Ok(())
 }
 
 /// Lists the Checkout events Stripe created since the last run (all pages, bounded)
@@ -195,32 +227,27 @@ fn event_id(raw: &str) -> Option<String> {
 }
 
 /// The whole scheduled run: re-drive, reconciliation and retention ([`run`]), then the
-/// prune of checkout's code-attempt windows, and its one log line: the summary, or an
-/// error line when the ledger failed.
+/// prune of checkout's code-attempt windows, and always its one summary line (a failed
+/// task adds its own error line and is named in the summary's `failed`).
 pub async fn scheduled<L: Ledger, U: Upstream, C: Clock, S: Sink, T: Throttle>(
     deps: &Deps<'_, L, U, C, S>,
     throttle: &T,
 ) {
     let started = deps.clock.now_ms();
-    let result = match run(deps).await {
-        // Checkout's code-attempt counts are read only in their own window: a day is
-        // longer than any window CHECKOUT_CODE_WINDOW_SECS allows.
-        Ok(summary) => throttle
-            .prune(deps.clock.now_ms() / 1_000 - CODE_WINDOWS_KEPT_SECS)
-            .await
-            .map(|pruned| (summary, pruned)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok((summary, pruned)) => {
-            summary_line(&summary, deps.clock.now_ms().saturating_sub(started))
-                .num("code_windows_pruned", u64::from(pruned))
-                .emit(deps.log)
+    let mut summary = run(deps).await;
+    // Checkout's code-attempt counts are read only in their own window: a day is
+    // longer than any window CHECKOUT_CODE_WINDOW_SECS allows.
+    let before = deps.clock.now_ms() / 1_000 - CODE_WINDOWS_KEPT_SECS;
+    let pruned = match throttle.prune(before).await {
+        Ok(pruned) => pruned,
+        Err(e) => {
+            task_failed(deps.log, &mut summary, "code_windows", &e);
+            0
         }
-        Err(e) => Line::error("scheduled run failed")
-            .text("detail", &e.detail)
-            .emit(deps.log),
-    }
+    };
+    summary_line(&summary, deps.clock.now_ms().saturating_sub(started))
+        .num("code_windows_pruned", u64::from(pruned))
+        .emit(deps.log);
 }
 
 /// Code-attempt windows older than this are deleted by the scheduled run.
@@ -235,6 +262,7 @@ pub fn summary_line(summary: &Summary, duration_ms: u64) -> Line {
         .num("enqueued", u64::from(summary.enqueued))
         .num("reconciled", u64::from(summary.reconciled))
         .num("pruned", u64::from(summary.pruned))
+        .ids("failed", &summary.failed)
         .num("duration_ms", duration_ms)
 }
 

@@ -103,12 +103,12 @@ fn the_scheduled_run_finishes_a_step_whose_holder_died() {
     });
     world.clock.0.set(NOW_MS + 10_000);
     assert_eq!(
-        block_on(run(&world.deps())).unwrap().redriven,
+        block_on(run(&world.deps())).redriven,
         0,
         "the lease still holds"
     );
     world.clock.0.set(NOW_MS + 20_000);
-    let summary = block_on(run(&world.deps())).unwrap();
+    let summary = block_on(run(&world.deps()));
     assert_eq!((summary.redriven, summary.completed), (1, 1));
     assert_eq!(
         ledger.step_row("cs_1", "license").unwrap().state,
@@ -122,9 +122,9 @@ fn the_scheduled_run_leaves_recently_released_steps_to_stripe_for_a_minute() {
     let world = world();
     world.upstream.script(Svc::License, [status(503)]);
     assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
-    assert_eq!(block_on(run(&world.deps())).unwrap().redriven, 0);
+    assert_eq!(block_on(run(&world.deps())).redriven, 0);
     world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
-    assert_eq!(block_on(run(&world.deps())).unwrap().completed, 1);
+    assert_eq!(block_on(run(&world.deps())).completed, 1);
     assert_eq!(
         world.ledger.purchase("cs_1"),
         Some(PurchaseState::Fulfilled)
@@ -170,7 +170,7 @@ fn retention_prunes_old_events_but_keeps_unfinished_purchases_and_all_mappings()
     });
     world.upstream.script(Svc::License, [status(503)]);
     world.upstream.session.replace(None); // the re-drive cannot finish cs_open
-    let summary = block_on(run(&world.deps())).unwrap();
+    let summary = block_on(run(&world.deps()));
     assert_eq!(summary.pruned, 1);
     let events = ledger.events.borrow();
     assert!(!events.contains_key("evt_old_done"));
@@ -196,12 +196,37 @@ fn the_scheduled_run_prunes_old_code_windows_and_logs_one_summary() {
     );
     let log = world.log.joined();
     assert!(log.contains(r#""msg":"scheduled run""#) && log.contains(r#""code_windows_pruned":1"#));
+}
+
+#[test]
+fn a_failed_task_never_hides_the_summary_nor_stops_the_other_tasks() {
+    use crate::maintenance::{scheduled, CODE_WINDOWS_KEPT_SECS};
+    use crate::ports::Throttle;
+    use crate::testing::MemoryThrottle;
+    // The ledger is down: reconciliation, re-drive and retention fail, the code-window
+    // prune still runs, and the summary names what failed.
+    let world = world();
+    let throttle = MemoryThrottle::default();
+    block_on(throttle.hit("old", NOW_MS / 1000 - CODE_WINDOWS_KEPT_SECS - 600)).unwrap();
     world.ledger.unavailable.set(true);
     block_on(scheduled(&world.deps(), &throttle));
-    assert!(world
-        .log
-        .joined()
-        .contains(r#""msg":"scheduled run failed""#));
+    assert!(throttle.counts.borrow().is_empty(), "the prune still ran");
+    let log = world.log.joined();
+    assert!(log.contains(r#""msg":"scheduled run""#), "{log}");
+    assert!(
+        log.contains(r#""failed":["reconcile","redrive","retention"]"#),
+        "{log}"
+    );
+    assert_eq!(log.matches(r#""msg":"scheduled task failed""#).count(), 3);
+    // D1 refuses the throttle prune: the summary is still written.
+    let world = self::world();
+    throttle.unavailable.set(true);
+    block_on(scheduled(&world.deps(), &throttle));
+    let log = world.log.joined();
+    assert!(
+        log.contains(r#""msg":"scheduled run""#) && log.contains(r#""failed":["code_windows"]"#),
+        "{log}"
+    );
 }
 
 mod queue_mode {
@@ -318,6 +343,28 @@ mod queue_mode {
     }
 
     #[test]
+    fn exhaustion_fails_a_step_its_dead_holder_left_running_and_ends_the_purchase() {
+        let world = queued_world();
+        deliver(&world);
+        let max = world.config.max_attempts;
+        {
+            let mut steps = world.ledger.steps.borrow_mut();
+            let row = steps.get_mut(&("cs_1".to_string(), "license")).unwrap();
+            row.state = StepState::Running;
+            row.attempts = max;
+            row.lease_until = Some(NOW_MS - 1);
+            row.last_error = Some("license server timed out".into());
+        }
+        // Stripe is down, so no run can take the step over.
+        world.upstream.script(Svc::Session, [status(503)]);
+        assert_eq!(consume(&world), QueueVerdict::Exhausted);
+        let license = world.ledger.step_row("cs_1", "license").unwrap();
+        assert_eq!(license.state, StepState::Failed);
+        assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+        assert!(world.log.joined().contains("fulfilment attempts exhausted"));
+    }
+
+    #[test]
     fn a_session_stripe_refuses_counts_as_an_attempt_and_ends_in_an_alert() {
         let world = queued_world();
         deliver(&world);
@@ -365,9 +412,9 @@ mod queue_mode {
         let world = queued_world();
         deliver(&world);
         world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 1);
-        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 0);
+        assert_eq!(block_on(run(&world.deps())).enqueued, 0);
         world.clock.0.set(NOW_MS + QUEUE_IDLE_BEFORE_REDRIVE_MS + 1);
-        assert_eq!(block_on(run(&world.deps())).unwrap().enqueued, 1);
+        assert_eq!(block_on(run(&world.deps())).enqueued, 1);
         assert_eq!(world.queue.sent.borrow().len(), 2);
         assert!(
             world.upstream.calls_to(Svc::License).is_empty()
@@ -402,7 +449,7 @@ mod reconciliation {
             .upstream
             .event_pages
             .replace(vec![list(&[listed_event("evt_lost", "cs_lost")], false)]);
-        let summary = block_on(run(&world.deps())).unwrap();
+        let summary = block_on(run(&world.deps()));
         assert_eq!(summary.reconciled, 1);
         assert!(world.ledger.events.borrow().contains_key("evt_lost"));
         assert_eq!(
@@ -423,7 +470,7 @@ mod reconciliation {
         );
 
         // Listed again by the next run (overlap): not ingested twice.
-        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
         assert!(world
             .log
@@ -440,7 +487,7 @@ mod reconciliation {
             .upstream
             .event_pages
             .replace(vec![list(&[paid_event()], false)]);
-        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert_eq!(
             world.upstream.calls_to(Svc::License).len(),
             1,
@@ -455,14 +502,14 @@ mod reconciliation {
             list(&[listed_event("evt_b", "cs_b")], true),
             list(&[listed_event("evt_a", "cs_a")], false),
         ]);
-        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 2);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 2);
         assert!(world.upstream.calls_to(Svc::Events)[1]
             .url
             .ends_with("&starting_after=evt_b"));
 
         let failing = super::world();
         failing.upstream.script(Svc::Events, [status(500)]);
-        assert_eq!(block_on(run(&failing.deps())).unwrap().reconciled, 0);
+        assert_eq!(block_on(run(&failing.deps())).reconciled, 0);
         assert!(failing.ledger.cursors.borrow().is_empty());
         assert!(failing
             .log
@@ -476,7 +523,7 @@ mod reconciliation {
             stripe_api_key: None,
             ..full_config()
         });
-        assert_eq!(block_on(run(&world.deps())).unwrap().reconciled, 0);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert!(world.upstream.calls.borrow().is_empty());
     }
 }

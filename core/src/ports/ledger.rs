@@ -233,8 +233,9 @@ pub trait Ledger {
         now_ms: u64,
     ) -> Result<(), LedgerError>;
 
-    /// Fails every step of the purchase still pending once its attempts ran out (queue
-    /// mode), and returns their names.
+    /// Fails every step of the purchase still waiting once its attempts ran out (queue
+    /// mode): pending, or running with a lease that ran out (its holder died). A step
+    /// whose holder is still within its lease finishes on its own. Returns their names.
     async fn fail_waiting(
         &self,
         session_id: &str,

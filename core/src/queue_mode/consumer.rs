@@ -107,8 +107,8 @@ async fn exhausted<L: Ledger, U, C: Clock, S: Sink>(
     let rows = deps.ledger.steps_of(session_id).await.unwrap_or_default();
     let last_error = rows
         .iter()
-        .find(|r| r.state == StepState::Pending)
-        .and_then(|r| r.last_error.clone())
+        .filter(|r| matches!(r.state, StepState::Pending | StepState::Running))
+        .find_map(|r| r.last_error.clone())
         .unwrap_or_else(|| "unknown".into());
     let now = deps.clock.now_ms();
     let error = format!("attempts exhausted: {last_error}");

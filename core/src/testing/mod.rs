@@ -334,6 +334,12 @@ impl Throttle for MemoryThrottle {
     }
 
     async fn prune(&self, before_secs: u64) -> Result<u32, LedgerError> {
+        if self.unavailable.get() {
+            return Err(LedgerError {
+                operation: "prune_code_attempts",
+                detail: "D1_ERROR: unavailable".into(),
+            });
+        }
         let mut counts = self.counts.borrow_mut();
         let before = counts.len();
         counts.retain(|(_, start), _| *start >= before_secs);
