@@ -316,6 +316,23 @@ test('a permanent 400 fails the step once: 200 failed, then no retry storm', asy
   assert.equal(standin.callsTo('license').length, 1, 'no retry storm');
 });
 
+test('a known event id about another session: 400, alerted, nothing stored or fulfilled', async () => {
+  const evt = event('checkout.session.completed', paidSession());
+  assert.equal((await send(evt)).status, 200);
+  const licenses = standin.callsTo('license').length;
+  const other = paidSession();
+  const forged = { ...evt, data: { object: other } };
+  const res = await send(forged);
+  assert.equal(res.status, 400, res.text);
+  assert.match(res.json.error, /already recorded for another object/);
+  assert.equal(standin.callsTo('license').length, licenses);
+  assert.equal(await purchaseState(other.id), undefined);
+  const rows = await worker.d1(`SELECT object_id FROM events WHERE id = '${evt.id}'`);
+  assert.deepEqual(rows, [{ object_id: evt.data.object.id }]);
+  const again = await send(evt);
+  assert.equal(again.json.status, 'duplicate', 'the genuine redelivery is still a duplicate');
+});
+
 test('the Worker output never carries customer data, license keys, shipment ids or secrets', () => {
   const out = [worker.logs(), liveWorker.logs(), ...outputs].join('\n');
   assert.ok(ISSUED.size >= 10, `collected ${ISSUED.size} issued ids`);

@@ -151,10 +151,18 @@ const UPSERT_PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemod
 
 impl Ledger for D1Ledger {
     async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
-        const SQL: &str = "INSERT INTO events \
+        const INSERT: &str = "INSERT INTO events \
             (id, type, livemode, api_version, created, object_id, disposition, received_at) \
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
             ON CONFLICT (id) DO NOTHING RETURNING id";
+        // The row as stored, read in the same batch: one round trip, one transaction.
+        const STORED: &str = "SELECT type, object_id FROM events WHERE id = ?1";
+        #[derive(Deserialize)]
+        struct Stored {
+            #[serde(rename = "type")]
+            kind: String,
+            object_id: Option<String>,
+        }
         let args = [
             text(&r.id),
             text(&r.kind),
@@ -165,15 +173,25 @@ impl Ledger for D1Ledger {
             text(r.disposition),
             int(r.received_at_ms as i64),
         ];
-        let row: Option<Returned> = self
-            .statement("claim_event", SQL, &args)?
-            .first(None)
-            .await
-            .map_err(failure("claim_event"))?;
-        Ok(if row.is_some() {
-            Claim::New
-        } else {
-            Claim::Seen
+        let batch = vec![
+            self.statement("claim_event", INSERT, &args)?,
+            self.statement("claim_event", STORED, &[text(&r.id)])?,
+        ];
+        let results = self.db.batch(batch).await.map_err(failure("claim_event"))?;
+        if let Some(detail) = results.iter().find_map(|r| r.error()) {
+            return Err(LedgerError {
+                operation: "claim_event",
+                detail,
+            });
+        }
+        let inserted: Vec<Returned> = results[0].results().map_err(failure("claim_event"))?;
+        if !inserted.is_empty() {
+            return Ok(Claim::New);
+        }
+        let stored: Vec<Stored> = results[1].results().map_err(failure("claim_event"))?;
+        Ok(match stored.first() {
+            Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::Seen,
+            _ => Claim::Conflict,
         })
     }
 

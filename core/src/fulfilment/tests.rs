@@ -631,3 +631,25 @@ fn with_a_forward_secret_service_calls_carry_standard_webhooks_headers() {
         .header("webhook-signature")
         .is_none());
 }
+
+#[test]
+fn a_known_event_id_with_another_session_is_refused_alerted_and_never_fulfilled() {
+    let world = World::new(full_config());
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Accepted)
+    );
+    // The same evt_paid, signed, about another session.
+    let forged = deliver(&world, &paid("cs_2"));
+    assert_eq!(forged.verdict, Verdict::Refused(Refusal::ConflictingEvent));
+    assert_eq!(world.ledger.purchase("cs_2"), None);
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    let line = crate::http::webhook::decision_line(&forged, 0).to_json();
+    assert!(line.contains(r#""level":"alert","msg":"webhook refused: event id conflict""#));
+    assert_eq!(crate::http::webhook::for_decision(&forged).status, 400);
+    // The genuine redelivery is still a quiet duplicate.
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Duplicate)
+    );
+}

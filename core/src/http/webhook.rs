@@ -84,6 +84,10 @@ fn for_refusal(refusal: &Refusal) -> Reply {
         ),
         Refusal::Retry => Reply::error(503, "fulfilment is not complete yet; retry later"),
         Refusal::QueueUnavailable => Reply::error(503, "temporarily unavailable, please retry"),
+        // 400: the same bytes can never be accepted; nothing was stored or fulfilled.
+        Refusal::ConflictingEvent => {
+            Reply::error(400, "this event id is already recorded for another object")
+        }
     }
 }
 
@@ -125,6 +129,7 @@ fn refusal_line(refusal: &Refusal) -> Line {
         Refusal::Busy => Line::info("webhook deferred: purchase busy"),
         Refusal::Retry => Line::warn("webhook deferred: fulfilment incomplete"),
         Refusal::QueueUnavailable => Line::error("webhook refused: queue unavailable"),
+        Refusal::ConflictingEvent => Line::alert("webhook refused: event id conflict"),
     };
     let line = line
         .label("status", "refused")
@@ -160,6 +165,7 @@ mod tests {
             (Verdict::Refused(Refusal::NotConfigured), 500),
             (Verdict::Refused(Refusal::Busy), 409),
             (Verdict::Refused(Refusal::Retry), 503),
+            (Verdict::Refused(Refusal::ConflictingEvent), 400),
             (Verdict::Recorded(Status::Failed), 200),
             (
                 Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch)),

@@ -67,6 +67,9 @@ pub enum Refusal {
     Retry,
     /// Queue mode: the message could not be sent; Stripe must redeliver.
     QueueUnavailable,
+    /// The event id is already recorded for another object or type (see
+    /// [`Claim::Conflict`]): refused, alerted, never fulfilled.
+    ConflictingEvent,
 }
 
 impl Refusal {
@@ -84,6 +87,7 @@ impl Refusal {
             Self::Busy => "purchase_busy",
             Self::Retry => "fulfilment_incomplete",
             Self::QueueUnavailable => "queue_unavailable",
+            Self::ConflictingEvent => "event_id_conflict",
         }
     }
 }
@@ -201,6 +205,10 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             return decision;
         }
     };
+    if claim == Claim::Conflict {
+        decision.verdict = Verdict::Refused(Refusal::ConflictingEvent);
+        return decision;
+    }
     if claim == Claim::Seen && seen == Seen::Skip {
         decision.verdict = Verdict::Recorded(Status::Duplicate);
         return decision;

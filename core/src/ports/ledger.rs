@@ -27,6 +27,10 @@ pub enum Claim {
     New,
     /// The event was already recorded by an earlier or concurrent delivery.
     Seen,
+    /// The id was already recorded for another object or type: not this event. Stripe
+    /// never reuses an id, so this is a forged or corrupted delivery signed with our
+    /// secret, or a bug; it must never reach fulfilment.
+    Conflict,
 }
 
 /// The ledger could not be read or written. Always retryable from Stripe's side: the
@@ -146,7 +150,9 @@ pub enum Settlement {
 
 #[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
 pub trait Ledger {
-    /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`).
+    /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`);
+    /// a known id is [`Claim::Seen`] when its stored type and object are this event's,
+    /// [`Claim::Conflict`] otherwise.
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError>;
 
     /// Records a purchase whose payment is still processing, unless it is already known

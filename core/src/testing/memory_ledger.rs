@@ -90,8 +90,9 @@ impl Ledger for MemoryLedger {
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError> {
         self.check("claim_event")?;
         let mut events = self.events.borrow_mut();
-        if events.contains_key(&record.id) {
-            return Ok(Claim::Seen);
+        if let Some(stored) = events.get(&record.id) {
+            let same = stored.kind == record.kind && stored.object_id == record.object_id;
+            return Ok(if same { Claim::Seen } else { Claim::Conflict });
         }
         events.insert(record.id.clone(), record.clone());
         Ok(Claim::New)
