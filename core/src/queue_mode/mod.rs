@@ -9,6 +9,7 @@
 //! shows anyway.
 
 use crate::fulfilment::{ResumeError, RunOutcome};
+use crate::settings::registry::RETRY_BASE;
 
 pub mod consumer;
 
@@ -21,8 +22,9 @@ pub fn is_dead_letter_queue(name: &str) -> bool {
     name.ends_with(DEAD_LETTER_SUFFIX)
 }
 
-/// First retry delay; doubles per attempt.
-pub const BACKOFF_BASE_SECS: u32 = 10;
+/// First retry delay when `QUEUE_RETRY_BASE_SECS` is unset (its registry default);
+/// doubles per attempt.
+pub const BACKOFF_BASE_SECS: u32 = RETRY_BASE.default_number() as u32;
 /// Longest delay between two attempts.
 pub const BACKOFF_MAX_SECS: u32 = 15 * 60;
 /// Delay before looking again at a purchase another consumer or delivery holds.

@@ -4,44 +4,32 @@
 //! setting and never its value, so `/healthz` and the logs can report it safely. A
 //! missing or unusable webhook secret leaves [`Config::webhook_secrets`] empty, and an
 //! empty list refuses every delivery (fail closed).
+//!
+//! Every setting, with its default and bounds, is listed once in
+//! [`registry::SETTINGS`]; the numbers here take theirs from it.
 
 pub mod catalogue;
+pub mod registry;
 
 use std::fmt;
 
 use self::catalogue::Catalogue;
+use self::registry::Setting;
 use crate::relay::RelaySigner;
 
-pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
-pub const STRIPE_WEBHOOK_TOLERANCE_SECS: &str = "STRIPE_WEBHOOK_TOLERANCE_SECS";
-pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
-pub const STRIPE_LIVEMODE: &str = "STRIPE_LIVEMODE";
-pub const LICENSE_SERVER_URL: &str = "LICENSE_SERVER_URL";
-pub const LICENSE_SERVER_API_KEY: &str = "LICENSE_SERVER_API_KEY";
-pub const SHIPPING_URL: &str = "SHIPPING_URL";
-pub const SHIPPING_API_KEY: &str = "SHIPPING_API_KEY";
-pub const STRIPE_API_KEY: &str = "STRIPE_API_KEY";
-pub const STRIPE_API_BASE: &str = "STRIPE_API_BASE";
-pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
-pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
-pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
-pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
-pub const FULFILLMENT_MAX_ATTEMPTS: &str = "FULFILLMENT_MAX_ATTEMPTS";
-pub const QUEUE_RETRY_BASE_SECS: &str = "QUEUE_RETRY_BASE_SECS";
-pub const PRODUCTS: &str = "PRODUCTS";
-pub const APP_URL: &str = "APP_URL";
-pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
-pub const CHECKOUT_CODE_ATTEMPTS: &str = "CHECKOUT_CODE_ATTEMPTS";
-pub const CHECKOUT_CODE_WINDOW_SECS: &str = "CHECKOUT_CODE_WINDOW_SECS";
+pub use self::registry::{
+    ADMIN_TOKEN, ALLOWED_ORIGINS, APP_URL, CHECKOUT_CODE_ATTEMPTS, CHECKOUT_CODE_WINDOW_SECS,
+    FORWARD_SIGNING_SECRET, FULFILLMENT_MAX_ATTEMPTS, LICENSE_SERVER_API_KEY, LICENSE_SERVER_URL,
+    MAX_BODY_BYTES, PRODUCTS, QUEUE_RETRY_BASE_SECS, RETENTION_DAYS, SHIPPING_API_KEY,
+    SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_LIVEMODE, STRIPE_WEBHOOK_SECRET,
+    STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
+};
 
-pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 1_048_576;
-pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
-pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
-/// Longer than Stripe's 3-day retry window and its 30-day event history.
-pub const DEFAULT_RETENTION_DAYS: u64 = 30;
-/// Upper bound for one upstream call: the whole delivery must finish within 10 s.
-pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+/// `STRIPE_API_BASE` when unset or unusable, from its registry entry.
+const DEFAULT_STRIPE_API_BASE: &str = match registry::STRIPE_BASE.default {
+    Some(base) => base,
+    None => panic!("STRIPE_API_BASE needs a default"),
+};
 
 /// A secret string whose `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -146,27 +134,9 @@ impl Config {
         let mut problems = Vec::new();
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let webhook_secrets = webhook_secrets(get(STRIPE_WEBHOOK_SECRET), &mut problems);
-        let tolerance_secs = number(
-            STRIPE_WEBHOOK_TOLERANCE_SECS,
-            get(STRIPE_WEBHOOK_TOLERANCE_SECS),
-            DEFAULT_TOLERANCE_SECS,
-            1..=86_400,
-            &mut problems,
-        );
-        let max_body_bytes = number(
-            MAX_BODY_BYTES,
-            get(MAX_BODY_BYTES),
-            DEFAULT_MAX_BODY_BYTES,
-            1_024..=100 * 1_048_576,
-            &mut problems,
-        );
-        let upstream_timeout_ms = number(
-            UPSTREAM_TIMEOUT_MS,
-            get(UPSTREAM_TIMEOUT_MS),
-            DEFAULT_UPSTREAM_TIMEOUT_MS,
-            100..=MAX_UPSTREAM_TIMEOUT_MS,
-            &mut problems,
-        );
+        let tolerance_secs = number(&registry::WEBHOOK_TOLERANCE, &get, &mut problems);
+        let max_body_bytes = number(&registry::BODY_LIMIT, &get, &mut problems);
+        let upstream_timeout_ms = number(&registry::UPSTREAM_TIMEOUT, &get, &mut problems);
         let livemode = boolean(STRIPE_LIVEMODE, get(STRIPE_LIVEMODE), &mut problems);
         let license = service(
             (LICENSE_SERVER_URL, get(LICENSE_SERVER_URL)),
@@ -197,27 +167,9 @@ impl Config {
             }
             signer
         });
-        let retention_days = number(
-            RETENTION_DAYS,
-            get(RETENTION_DAYS),
-            DEFAULT_RETENTION_DAYS,
-            4..=3650,
-            &mut problems,
-        );
-        let max_attempts = number(
-            FULFILLMENT_MAX_ATTEMPTS,
-            get(FULFILLMENT_MAX_ATTEMPTS),
-            6,
-            1..=100,
-            &mut problems,
-        ) as u32;
-        let retry_base_secs = number(
-            QUEUE_RETRY_BASE_SECS,
-            get(QUEUE_RETRY_BASE_SECS),
-            10,
-            1..=900,
-            &mut problems,
-        ) as u32;
+        let retention_days = number(&registry::RETENTION, &get, &mut problems);
+        let max_attempts = number(&registry::MAX_ATTEMPTS, &get, &mut problems) as u32;
+        let retry_base_secs = number(&registry::RETRY_BASE, &get, &mut problems) as u32;
         let checkout = checkout_settings(&get, &mut problems);
         Config {
             checkout,
@@ -334,22 +286,26 @@ fn webhook_secrets(raw: Option<String>, problems: &mut Vec<Problem>) -> Vec<Secr
     secrets
 }
 
+/// A whole number with the default and bounds of its registry entry. An unusable value
+/// is reported and the default used: a typo must not switch a limit off.
 fn number(
-    name: &'static str,
-    raw: Option<String>,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
+    setting: &Setting,
+    get: &impl Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> u64 {
-    let Some(raw) = raw else { return default };
+    let default = setting.default_number();
+    let Some(raw) = get(setting.name) else {
+        return default;
+    };
+    let (low, high) = setting.bounds.unwrap_or((u64::MIN, u64::MAX));
     match raw.trim().parse::<u64>() {
-        Ok(n) if range.contains(&n) => n,
+        Ok(n) if (low..=high).contains(&n) => n,
         Ok(_) => {
-            invalid(problems, name, "out of range (default used)");
+            invalid(problems, setting.name, "out of range (default used)");
             default
         }
         Err(_) => {
-            invalid(problems, name, "not a whole number (default used)");
+            invalid(problems, setting.name, "not a whole number (default used)");
             default
         }
     }
@@ -444,20 +400,8 @@ fn checkout_settings(
         products,
         app_url,
         allowed_origins,
-        code_attempts: number(
-            CHECKOUT_CODE_ATTEMPTS,
-            get(CHECKOUT_CODE_ATTEMPTS),
-            10,
-            1..=1_000,
-            problems,
-        ) as u32,
-        code_window_secs: number(
-            CHECKOUT_CODE_WINDOW_SECS,
-            get(CHECKOUT_CODE_WINDOW_SECS),
-            600,
-            10..=86_400,
-            problems,
-        ),
+        code_attempts: number(&registry::CODE_ATTEMPTS, get, problems) as u32,
+        code_window_secs: number(&registry::CODE_WINDOW, get, problems),
     }
 }
 
