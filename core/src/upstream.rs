@@ -1,9 +1,12 @@
-//! Calls to the services a purchase needs (license server, shipping system, Stripe API),
-//! behind a trait so the engine runs natively against a fake.
+//! Calls to the services a purchase needs (license server, shipping system), behind a
+//! trait so the engine runs natively against a fake, and the deadline every call gets,
+//! the Stripe API client's ([`crate::stripe::api`]) included.
 //!
-//! Every failure is classified once, here: retryable (timeout, network, 409, 429, 5xx:
-//! the step goes back to pending and Stripe's redelivery runs it again) or permanent
-//! (any other 4xx, an answer we cannot use: the step fails and is not retried).
+//! Every failure is classified by the rule here: retryable (timeout, network, 409, 429,
+//! 5xx: the step goes back to pending and Stripe's redelivery runs it again) or
+//! permanent (any other 4xx, an answer we cannot use: the step fails and is not
+//! retried). The Stripe API client applies it to its own error through
+//! [`retryable_status`].
 
 use crate::ports::{Clock, HttpRequest, HttpResponse, TransportError, Upstream};
 
@@ -18,7 +21,6 @@ pub const MIN_CALL_MS: u64 = 250;
 pub enum Callee {
     License,
     Shipping,
-    Stripe,
 }
 
 impl Callee {
@@ -26,7 +28,6 @@ impl Callee {
         match self {
             Self::License => "license server",
             Self::Shipping => "shipping system",
-            Self::Stripe => "Stripe API",
         }
     }
 }
@@ -100,14 +101,19 @@ pub async fn call(
     }
 }
 
+/// Whether a status other than 2xx may be answered differently later: 409 (the same
+/// Idempotency-Key is still being processed), 429 and 5xx.
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 409 | 429 | 500..=599)
+}
+
 fn classify(service: Callee, response: HttpResponse) -> Result<Vec<u8>, StepError> {
     let name = service.as_str();
     match response.status {
         200..=299 => Ok(response.body),
-        409 | 429 | 500..=599 => Err(StepError::Retryable(format!(
-            "{name} answered {}",
-            response.status
-        ))),
+        status if retryable_status(status) => {
+            Err(StepError::Retryable(format!("{name} answered {status}")))
+        }
         status => Err(StepError::Permanent(format!("{name} answered {status}"))),
     }
 }

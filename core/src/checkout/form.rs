@@ -3,7 +3,10 @@
 //! Every byte outside RFC 3986's unreserved set is percent-encoded, in keys too, so a
 //! nested key `line_items[0][price]` travels as `line_items%5B0%5D%5Bprice%5D` and a
 //! value is decoded by Stripe to exactly what we pushed: `{CHECKOUT_SESSION_ID}` in a
-//! success URL arrives as those literal braces, encoded once (never `%257B`).
+//! success URL arrives as those literal braces, encoded once (never `%257B`). The
+//! percent-encoding is the Stripe API client's, which encodes URL values the same way.
+
+use crate::stripe::api::encode_component;
 
 /// Ordered key/value pairs; keys may repeat, as Stripe's list parameters need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,23 +44,6 @@ impl Form {
         }
         out
     }
-}
-
-/// Percent-encodes the UTF-8 bytes of `text` except `A-Z a-z 0-9 - . _ ~`; a space
-/// becomes `%20`. Also right for a query parameter's value.
-pub fn encode_component(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xF)] as char);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use futures_executor::block_on;
 
-use super::form::{decode, encode_component};
+use super::form::decode;
 use super::*;
 use crate::http::checkout::CheckoutReply;
 use crate::ports::{HttpRequest, HttpResponse, Method};
+use crate::stripe::api::encode_component;
+use crate::stripe::error::{Cause, StripeError};
 use crate::testing::MemorySink;
 use crate::testing::MemoryThrottle;
 use crate::testing::{ok, status, Answer, FakeClock, NOW_MS, STRIPE_KEY};
@@ -1026,7 +1028,8 @@ fn without_allowed_origins_only_callers_without_an_origin_may_check_out() {
 
 #[test]
 fn every_refusal_has_its_status_code() {
-    let failure = stripe::Failure {
+    let failure = StripeError {
+        cause: Cause::Refused,
         status: Some(500),
         request_id: None,
         why: "x",

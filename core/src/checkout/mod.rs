@@ -9,8 +9,8 @@
 
 pub mod cors;
 pub mod form;
+pub mod idempotency;
 pub mod promo;
-pub mod stripe;
 pub mod throttle;
 
 #[cfg(test)]
@@ -20,13 +20,16 @@ use serde_json::Value;
 
 use self::cors::Caller;
 use self::form::Form;
+use self::idempotency::{idempotency_key, KeySource};
 use self::promo::{Dropped, Promotion};
-use self::stripe::{Api, Failure, Session};
 use crate::ports::ledger::LedgerError;
 use crate::ports::{Clock, Upstream};
 use crate::ports::{Pause, Throttle};
 use crate::settings::catalogue::{Catalogue, Product};
 use crate::settings::{Config, Secret, APP_URL, PRODUCTS, STRIPE_API_KEY};
+use crate::stripe::api::StripeApi;
+use crate::stripe::checkout_api::CreatedSession;
+use crate::stripe::error::StripeError;
 use crate::upstream::Deadline;
 
 pub const CHECKOUT_PATH: &str = "/checkout";
@@ -56,7 +59,7 @@ pub struct CheckoutRequest<'a> {
     pub origin: Option<&'a str>,
     /// `CF-Connecting-IP`: keys the code throttle and the Idempotency-Key; never logged.
     pub client_ip: Option<&'a str>,
-    /// The page's `Idempotency-Key` header, if it sent one (see [`stripe::KeySource`]).
+    /// The page's `Idempotency-Key` header, if it sent one (see [`KeySource`]).
     pub idempotency_key: Option<&'a str>,
     /// A random value of this request: the Idempotency-Key when the page sent none.
     pub nonce: &'a str,
@@ -66,7 +69,7 @@ pub struct CheckoutRequest<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutOutcome {
-    Created(Session),
+    Created(CreatedSession),
     /// An allowed (or origin-less) preflight.
     Preflight,
     Refused(CheckoutRefusal),
@@ -94,7 +97,7 @@ pub enum CheckoutRefusal {
     /// The code-attempt counter (D1) failed.
     Unavailable(LedgerError),
     /// Stripe did not create the session.
-    Stripe(Failure),
+    Stripe(StripeError),
 }
 
 impl CheckoutRefusal {
@@ -227,14 +230,14 @@ fn parse_order(body: &[u8]) -> Result<Order, CheckoutRefusal> {
 /// a hash of it, so any printable key up to this length is fine).
 pub const MAX_CLIENT_KEY_CHARS: usize = 200;
 
-fn key_source<'a>(request: &CheckoutRequest<'a>) -> Result<stripe::KeySource<'a>, CheckoutRefusal> {
+fn key_source<'a>(request: &CheckoutRequest<'a>) -> Result<KeySource<'a>, CheckoutRefusal> {
     match request.idempotency_key {
-        None => Ok(stripe::KeySource::Nonce(request.nonce)),
+        None => Ok(KeySource::Nonce(request.nonce)),
         Some(key)
             if (1..=MAX_CLIENT_KEY_CHARS).contains(&key.len())
                 && key.bytes().all(|b| b.is_ascii_graphic()) =>
         {
-            Ok(stripe::KeySource::Client {
+            Ok(KeySource::Client {
                 ip: request.client_ip,
                 key,
             })
@@ -263,7 +266,7 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
     request: &CheckoutRequest<'_>,
     started_ms: u64,
     decision: &mut CheckoutDecision,
-) -> Result<Session, CheckoutRefusal> {
+) -> Result<CreatedSession, CheckoutRefusal> {
     let ready = ready(deps.config).map_err(CheckoutRefusal::NotConfigured)?;
     let key_source = key_source(request)?;
     let order = parse_order(request.body.ok_or(CheckoutRefusal::TooLarge)?)?;
@@ -274,7 +277,7 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
     decision.slug = Some(order.slug.clone());
     let quantity = quantity(order.quantity.as_ref(), product)?;
     decision.quantity = Some(quantity);
-    let api = Api {
+    let api = StripeApi {
         base: &deps.config.stripe_api_base,
         key: ready.key,
     };
@@ -309,19 +312,20 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
         .code
         .as_deref()
         .map(|c| throttle::code_tag(ready.key, c));
+    // The form's encoding is both the body and what the Idempotency-Key hashes.
     let prepare = |discount: Option<&str>| {
-        let form = session_form(ready.app_url, &order.slug, product, quantity, discount);
-        let key = stripe::idempotency_key(key_source, code_tag.as_deref(), &form.encode());
-        (form, key)
+        let body = session_form(ready.app_url, &order.slug, product, quantity, discount).encode();
+        let key = idempotency_key(key_source, code_tag.as_deref(), &body);
+        (body, key)
     };
     let discount = match &decision.promotion {
         Promotion::Applied(id) => Some(id.clone()),
         _ => None,
     };
-    let (form, key) = prepare(discount.as_deref());
+    let (body, key) = prepare(discount.as_deref());
     let (upstream, clock, pause) = (deps.upstream, deps.clock, deps.pause);
     match api
-        .create_session(upstream, clock, pause, deadline, &form, &key)
+        .create_session(upstream, clock, pause, deadline, &body, &key)
         .await
     {
         // Stripe checks what we cannot (a code restricted to one customer or to first
@@ -331,8 +335,8 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
         Err(failure) if discount.is_some() && failure.status == Some(400) => {
             decision.promotion = Promotion::Dropped(Dropped::RefusedByStripe);
             decision.promotion_request_id = failure.request_id;
-            let (form, key) = prepare(None);
-            api.create_session(upstream, clock, pause, deadline, &form, &key)
+            let (body, key) = prepare(None);
+            api.create_session(upstream, clock, pause, deadline, &body, &key)
                 .await
         }
         result => result,

@@ -7,9 +7,10 @@
 //! answer as with no code at all, so the answer never tells a guesser whether a code
 //! exists. The reason is kept for the log; the code itself never is.
 
-use super::stripe::{Api, Coupon, CouponRef, PromotionCode};
 use crate::ports::{Clock, Upstream};
 use crate::settings::catalogue::Product;
+use crate::stripe::api::StripeApi;
+use crate::stripe::checkout_api::{Coupon, CouponRef, PromotionCode};
 use crate::upstream::Deadline;
 
 /// Longest code worth looking up; Stripe's customer-facing codes are short.
@@ -91,7 +92,7 @@ impl From<Dropped> for Resolved {
 
 /// Looks `code` up and decides whether it applies to `product`.
 pub async fn resolve(
-    api: &Api<'_>,
+    api: &StripeApi<'_>,
     upstream: &impl Upstream,
     clock: &impl Clock,
     deadline: Deadline,

@@ -142,7 +142,7 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let session = stripe
         .checkout_session(deps.upstream, deps.clock, deadline, session_id)
         .await
-        .map_err(ResumeError::Session)?;
+        .map_err(|e| ResumeError::Session(e.into()))?;
     let purchase = Purchase {
         event_id: first.event_id.clone(),
         livemode: session.livemode.unwrap_or(false),

@@ -1,17 +1,24 @@
-//! The Stripe API reads the shipping step needs: a PaymentIntent's shipping address and
-//! every line item of a Checkout Session.
+//! The one client of the Stripe API: how a call is built and sent (the key as bearer,
+//! ids checked or encoded into the URL, what is left of the deadline), and the reads
+//! fulfilment needs: a Checkout Session, its line items, a PaymentIntent's shipping
+//! address, a page of events. Checkout's calls are in [`super::checkout_api`]; every
+//! call fails with the one [`StripeError`].
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ports::{Clock, HttpRequest, Method, Upstream};
+use crate::ports::{Clock, HttpRequest, HttpResponse, Method, TransportError, Upstream};
 use crate::settings::Secret;
+use crate::stripe::error::{Cause, StripeError};
 use crate::stripe::event::{CheckoutSession, Expandable, ShippingDetails};
-use crate::upstream::{call, Callee, Deadline, StepError};
+use crate::upstream::Deadline;
 
 /// Stripe's largest page; a purchase with more line items than this follows `has_more`.
 const PAGE_SIZE: u32 = 100;
 /// A bound on pages, so a misbehaving list can never loop forever (10,000 items).
 const MAX_PAGES: usize = 100;
+/// The failure past [`MAX_PAGES`] (a test checks that the two agree).
+const TOO_MANY_PAGES: &str = "more than 100 pages of line items";
 
 /// Where and how to reach the Stripe API.
 pub struct StripeApi<'a> {
@@ -67,12 +74,8 @@ struct RawPaymentIntent {
 }
 
 impl StripeApi<'_> {
-    fn get(&self, path: String) -> HttpRequest {
-        self.request(Method::Get, path)
-    }
-
-    /// A call to `{base}{path}` with the key as bearer; checkout adds its POST body.
-    pub(crate) fn request(&self, method: Method, path: String) -> HttpRequest {
+    /// A call to `{base}{path}` with the key as bearer; a POST adds its body.
+    pub(super) fn request(&self, method: Method, path: String) -> HttpRequest {
         HttpRequest {
             method,
             url: format!("{}{path}", self.base),
@@ -82,6 +85,42 @@ impl StripeApi<'_> {
         }
     }
 
+    /// One call within what is left of the deadline; any HTTP answer is returned as is.
+    pub(super) async fn send(
+        &self,
+        upstream: &impl Upstream,
+        clock: &impl Clock,
+        deadline: Deadline,
+        mut request: HttpRequest,
+    ) -> Result<HttpResponse, StripeError> {
+        let timeout_ms = deadline
+            .timeout(clock.now_ms())
+            .ok_or(StripeError::transport(Cause::NoTimeLeft))?;
+        request.timeout_ms = timeout_ms;
+        upstream.send(request).await.map_err(|e| {
+            StripeError::transport(match e {
+                TransportError::Timeout => Cause::TimedOut(timeout_ms),
+                TransportError::Network(_) => Cause::Unreachable,
+            })
+        })
+    }
+
+    /// `GET {path}`: its 2xx answer, or a failure that says `refused` for any other status.
+    pub(super) async fn get(
+        &self,
+        upstream: &impl Upstream,
+        clock: &impl Clock,
+        deadline: Deadline,
+        path: String,
+        refused: &'static str,
+    ) -> Result<HttpResponse, StripeError> {
+        let request = self.request(Method::Get, path);
+        accepted(
+            self.send(upstream, clock, deadline, request).await?,
+            refused,
+        )
+    }
+
     /// The shipping address on a PaymentIntent, if it has one.
     pub async fn payment_intent_shipping(
         &self,
@@ -89,12 +128,19 @@ impl StripeApi<'_> {
         clock: &impl Clock,
         deadline: Deadline,
         payment_intent: &str,
-    ) -> Result<Option<ShippingDetails>, StepError> {
+    ) -> Result<Option<ShippingDetails>, StripeError> {
         let path = format!("/v1/payment_intents/{}", path_segment(payment_intent)?);
-        let body = call(upstream, clock, deadline, Callee::Stripe, self.get(path)).await?;
-        let intent: RawPaymentIntent = serde_json::from_slice(&body).map_err(|_| {
-            StepError::Permanent("Stripe API sent an unreadable PaymentIntent".into())
-        })?;
+        let response = self
+            .get(
+                upstream,
+                clock,
+                deadline,
+                path,
+                "PaymentIntent lookup refused",
+            )
+            .await?;
+        let intent: RawPaymentIntent =
+            read(&response, "Stripe API sent an unreadable PaymentIntent")?;
         Ok(intent.shipping.filter(|s| s.address.is_some()))
     }
 
@@ -106,12 +152,18 @@ impl StripeApi<'_> {
         clock: &impl Clock,
         deadline: Deadline,
         session_id: &str,
-    ) -> Result<CheckoutSession, StepError> {
+    ) -> Result<CheckoutSession, StripeError> {
         let path = format!("/v1/checkout/sessions/{}", path_segment(session_id)?);
-        let body = call(upstream, clock, deadline, Callee::Stripe, self.get(path)).await?;
-        serde_json::from_slice(&body).map_err(|_| {
-            StepError::Permanent("Stripe API sent an unreadable Checkout Session".into())
-        })
+        let response = self
+            .get(
+                upstream,
+                clock,
+                deadline,
+                path,
+                "Checkout Session lookup refused",
+            )
+            .await?;
+        read(&response, "Stripe API sent an unreadable Checkout Session")
     }
 
     /// One page of Checkout events created at or after `since` (unix seconds), newest
@@ -123,7 +175,7 @@ impl StripeApi<'_> {
         deadline: Deadline,
         since: i64,
         starting_after: Option<&str>,
-    ) -> Result<EventsPage, StepError> {
+    ) -> Result<EventsPage, StripeError> {
         let mut path = format!(
             "/v1/events?limit={PAGE_SIZE}&created%5Bgte%5D={since}\
              &types%5B%5D=checkout.session.completed\
@@ -133,9 +185,10 @@ impl StripeApi<'_> {
         if let Some(id) = starting_after {
             path.push_str(&format!("&starting_after={}", path_segment(id)?));
         }
-        let body = call(upstream, clock, deadline, Callee::Stripe, self.get(path)).await?;
-        serde_json::from_slice(&body)
-            .map_err(|_| StepError::Permanent("Stripe API sent an unreadable event list".into()))
+        let response = self
+            .get(upstream, clock, deadline, path, "event list refused")
+            .await?;
+        read(&response, "Stripe API sent an unreadable event list")
     }
 
     /// Every line item of a session, following `has_more` page by page.
@@ -145,7 +198,7 @@ impl StripeApi<'_> {
         clock: &impl Clock,
         deadline: Deadline,
         session_id: &str,
-    ) -> Result<Vec<OrderLine>, StepError> {
+    ) -> Result<Vec<OrderLine>, StripeError> {
         let base = format!(
             "/v1/checkout/sessions/{}/line_items?limit={PAGE_SIZE}",
             path_segment(session_id)?
@@ -157,25 +210,46 @@ impl StripeApi<'_> {
                 Some(id) => format!("{base}&starting_after={}", path_segment(id)?),
                 None => base.clone(),
             };
-            let body = call(upstream, clock, deadline, Callee::Stripe, self.get(path)).await?;
-            let page: Page = serde_json::from_slice(&body).map_err(|_| {
-                StepError::Permanent("Stripe API sent an unreadable line item list".into())
-            })?;
+            let response = self
+                .get(upstream, clock, deadline, path, "line item list refused")
+                .await?;
+            let page: Page = read(&response, "Stripe API sent an unreadable line item list")?;
             after = page.data.last().map(|item| item.id.clone());
             lines.extend(page.data.into_iter().map(order_line));
             if !page.has_more {
                 return Ok(lines);
             }
             if after.is_none() {
-                return Err(StepError::Permanent(
-                    "Stripe API sent an empty page with has_more".into(),
+                return Err(StripeError::answered(
+                    &response,
+                    Cause::Unusable,
+                    "Stripe API sent an empty page with has_more",
                 ));
             }
         }
-        Err(StepError::Permanent(format!(
-            "more than {MAX_PAGES} pages of line items"
-        )))
+        Err(StripeError::unusable(TOO_MANY_PAGES))
     }
+}
+
+/// `response` when Stripe answered 2xx; any other status is refused, in `why`'s words.
+pub(super) fn accepted(
+    response: HttpResponse,
+    why: &'static str,
+) -> Result<HttpResponse, StripeError> {
+    if (200..300).contains(&response.status) {
+        Ok(response)
+    } else {
+        Err(StripeError::answered(&response, Cause::Refused, why))
+    }
+}
+
+/// The JSON of a 2xx answer; unusable, in `why`'s words, when it does not read as a `T`.
+pub(super) fn read<T: DeserializeOwned>(
+    response: &HttpResponse,
+    why: &'static str,
+) -> Result<T, StripeError> {
+    serde_json::from_slice(&response.body)
+        .map_err(|_| StripeError::answered(response, Cause::Unusable, why))
 }
 
 fn order_line(item: RawLineItem) -> OrderLine {
@@ -195,15 +269,33 @@ fn order_line(item: RawLineItem) -> OrderLine {
 }
 
 /// Ids go into URL paths: accept only Stripe's id alphabet, so no id can change the path.
-fn path_segment(id: &str) -> Result<&str, StepError> {
+fn path_segment(id: &str) -> Result<&str, StripeError> {
     if !id.is_empty()
         && id.len() <= 255
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
         Ok(id)
     } else {
-        Err(StepError::Permanent("an id is not a Stripe id".into()))
+        Err(StripeError::unusable("an id is not a Stripe id"))
     }
+}
+
+/// Percent-encodes the UTF-8 bytes of `text` except `A-Z a-z 0-9 - . _ ~`; a space
+/// becomes `%20`. For a value we do not control in a URL (a path segment, a query
+/// parameter's value), and for the keys and values of a form body (`checkout::form`).
+pub fn encode_component(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -228,6 +320,14 @@ mod tests {
                 amount_total: Some(3000),
                 currency: Some("usd".into()),
             }
+        );
+    }
+
+    #[test]
+    fn the_page_bound_is_named_in_its_failure() {
+        assert_eq!(
+            TOO_MANY_PAGES,
+            format!("more than {MAX_PAGES} pages of line items")
         );
     }
 
