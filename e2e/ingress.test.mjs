@@ -501,6 +501,27 @@ describe('ingress', { timeout: 240_000 }, () => {
         await stopAndKeepLogs('badSettings', bad);
       }
     });
+
+    test('with STRIPE_LIVEMODE neither true nor false, checkout events get 503 and nothing is recorded', async () => {
+      const secret = `whsec_${rid('livemode')}`;
+      const odd = await startWorker({
+        vars: { STRIPE_LIVEMODE: 'yes', MAX_BODY_BYTES: String(MAX_BODY_BYTES) },
+        secrets: { STRIPE_WEBHOOK_SECRET: secret },
+      });
+      try {
+        for (const livemode of [false, true]) {
+          const { payload } = rejectedEvent('checkout.session.completed', { livemode });
+          const res = await post(odd, payload, { secret });
+          assert.equal(res.status, 503, res.text);
+        }
+        assert.deepEqual(await eventRows(odd), []);
+        await waitForLog(odd, (l) => l.reason === 'livemode_invalid' && l.setting === 'STRIPE_LIVEMODE', { timeoutMs: 15_000 });
+        const health = await get(odd, '/healthz');
+        assert.ok(health.json.invalid.includes('STRIPE_LIVEMODE'), health.text);
+      } finally {
+        await stopAndKeepLogs('livemodeInvalid', odd);
+      }
+    });
   });
 
   describe('D1 unavailable', () => {

@@ -167,7 +167,10 @@ function verifyStandardWebhook(secret, id, timestamp, body, header) {
   });
 }
 
-const fingerprint = (token) => `tok_${createHash('sha256').update(token).digest('hex').slice(0, 12)}`;
+// The Worker's fingerprint: HMAC-SHA256 keyed by its (first) webhook signing secret, so
+// the logs alone cannot confirm a guess of the token.
+const fingerprint = (token) =>
+  `tok_${createHmac('sha256', WEBHOOK_SECRET).update('stripe-edge admin token:').update(token).digest('hex').slice(0, 12)}`;
 
 // ------------------------------------------------------------------ 1. refusals
 

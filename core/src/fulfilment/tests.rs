@@ -653,3 +653,29 @@ fn a_known_event_id_with_another_session_is_refused_alerted_and_never_fulfilled(
         recorded(Status::Duplicate)
     );
 }
+
+#[test]
+fn an_unreadable_livemode_setting_fulfils_nothing_and_keeps_the_events_with_stripe() {
+    let world = World::new(crate::testing::full_config_with(&[(
+        "STRIPE_LIVEMODE",
+        "yes",
+    )]));
+    let test = paid("cs_test");
+    let live = test
+        .replace("evt_paid", "evt_live")
+        .replace("cs_test", "cs_live")
+        .replace(r#""livemode":false"#, r#""livemode":true"#);
+    for body in [&test, &live] {
+        let decision = deliver(&world, body);
+        assert_eq!(decision.verdict, Verdict::Refused(Refusal::LivemodeInvalid));
+        assert_eq!(crate::http::webhook::for_decision(&decision).status, 503);
+        assert!(crate::http::webhook::decision_line(&decision, 0)
+            .to_json()
+            .contains(r#""setting":"STRIPE_LIVEMODE""#));
+    }
+    assert!(world.upstream.calls.borrow().is_empty());
+    assert!(world.ledger.events.borrow().is_empty(), "nothing recorded");
+    // Types the Worker does not act on are still recorded as ignored.
+    let other = r#"{"id":"evt_x","object":"event","type":"customer.created","livemode":false,"data":{"object":{"id":"cus_1"}}}"#;
+    assert_eq!(deliver(&world, other).verdict, recorded(Status::Ignored));
+}

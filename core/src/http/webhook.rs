@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::ingress::{Decision, Refusal, Status, Verdict};
 use crate::log::Line;
-use crate::settings::STRIPE_WEBHOOK_SECRET;
+use crate::settings::{STRIPE_LIVEMODE, STRIPE_WEBHOOK_SECRET};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -84,6 +84,8 @@ fn for_refusal(refusal: &Refusal) -> Reply {
         ),
         Refusal::Retry => Reply::error(503, "fulfilment is not complete yet; retry later"),
         Refusal::QueueUnavailable => Reply::error(503, "temporarily unavailable, please retry"),
+        // 503: Stripe keeps the event and redelivers it once the setting is fixed.
+        Refusal::LivemodeInvalid => Reply::error(503, "temporarily unavailable, please retry"),
         // 400: the same bytes can never be accepted; nothing was stored or fulfilled.
         Refusal::ConflictingEvent => {
             Reply::error(400, "this event id is already recorded for another object")
@@ -130,6 +132,9 @@ fn refusal_line(refusal: &Refusal) -> Line {
         Refusal::Retry => Line::warn("webhook deferred: fulfilment incomplete"),
         Refusal::QueueUnavailable => Line::error("webhook refused: queue unavailable"),
         Refusal::ConflictingEvent => Line::alert("webhook refused: event id conflict"),
+        Refusal::LivemodeInvalid => {
+            Line::error("webhook refused: STRIPE_LIVEMODE invalid").id("setting", STRIPE_LIVEMODE)
+        }
     };
     let line = line
         .label("status", "refused")
@@ -166,6 +171,7 @@ mod tests {
             (Verdict::Refused(Refusal::Busy), 409),
             (Verdict::Refused(Refusal::Retry), 503),
             (Verdict::Refused(Refusal::ConflictingEvent), 400),
+            (Verdict::Refused(Refusal::LivemodeInvalid), 503),
             (Verdict::Recorded(Status::Failed), 200),
             (
                 Verdict::Refused(Refusal::BadSignature(SignatureError::NoMatch)),

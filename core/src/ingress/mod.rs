@@ -70,6 +70,9 @@ pub enum Refusal {
     /// The event id is already recorded for another object or type (see
     /// [`Claim::Conflict`]): refused, alerted, never fulfilled.
     ConflictingEvent,
+    /// `STRIPE_LIVEMODE` is set to something other than `true` or `false`: no event
+    /// this Worker acts on is recorded or fulfilled until it is fixed.
+    LivemodeInvalid,
 }
 
 impl Refusal {
@@ -88,6 +91,7 @@ impl Refusal {
             Self::Retry => "fulfilment_incomplete",
             Self::QueueUnavailable => "queue_unavailable",
             Self::ConflictingEvent => "event_id_conflict",
+            Self::LivemodeInvalid => "livemode_invalid",
         }
     }
 }
@@ -192,6 +196,13 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     } else {
         None
     };
+    // An unreadable STRIPE_LIVEMODE says nothing about which money is ours: fulfil
+    // nothing and record nothing, and answer 503 so Stripe keeps the event until the
+    // setting is fixed (a 2xx would lose it).
+    if session.is_some() && config.livemode_is_invalid() {
+        decision.verdict = Verdict::Refused(Refusal::LivemodeInvalid);
+        return decision;
+    }
     let disposition = plan::disposition(&event, session.as_ref(), config.livemode);
     decision.disposition = Some(disposition);
     let claim = match deps

@@ -51,7 +51,12 @@ where
     C: Clock,
     S: Sink,
 {
-    let who = match authorize(deps.config.admin_token.as_ref(), call.authorization) {
+    let key = deps
+        .config
+        .webhook_secrets
+        .first()
+        .map_or(&[][..], |secret| secret.expose().as_bytes());
+    let who = match authorize(deps.config.admin_token.as_ref(), call.authorization, key) {
         Ok(who) => who,
         Err(refusal) => return refused(refusal, None),
     };
@@ -306,6 +311,24 @@ mod tests {
         let (answer, line) = block_on(handle(&world().deps(), call, NOW_MS));
         assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::Unauthorized));
         assert!(line.to_json().contains("admin refused"));
+    }
+
+    #[test]
+    fn a_token_shorter_than_32_characters_is_invalid_and_keeps_the_api_closed() {
+        let short = "adm_0123456789abcdef0123456789a"; // 31 characters
+        let world = World::new(full_config_with(&[("ADMIN_TOKEN", short)]));
+        assert!(world.config.invalid().contains(&"ADMIN_TOKEN"));
+        let authorization = format!("Bearer {short}");
+        let call = OpsCall {
+            method: "GET",
+            path: "/admin/purchases",
+            query: None,
+            authorization: Some(&authorization),
+        };
+        let (answer, _) = block_on(handle(&world.deps(), call, NOW_MS));
+        assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::NotFound));
+        let fine = World::new(full_config_with(&[("ADMIN_TOKEN", TOKEN)]));
+        assert!(!fine.config.invalid().contains(&"ADMIN_TOKEN"));
     }
 
     #[test]

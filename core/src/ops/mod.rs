@@ -7,6 +7,7 @@
 //! `Authorization: Bearer` answers 401. Tokens are compared as SHA-256 digests with a
 //! constant-time comparison, so neither their content nor their length leaks.
 
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -76,10 +77,12 @@ impl AdminRefusal {
     }
 }
 
-/// Checks the bearer token; returns the caller's fingerprint for the log.
+/// Checks the bearer token; returns the caller's fingerprint for the log, keyed by
+/// `fingerprint_key` (see [`fingerprint`]).
 pub fn authorize(
     configured: Option<&Secret>,
     authorization: Option<&str>,
+    fingerprint_key: &[u8],
 ) -> Result<String, AdminRefusal> {
     let expected = configured.ok_or(AdminRefusal::NotFound)?;
     // The scheme is case-insensitive (RFC 9110 §11.1).
@@ -94,16 +97,21 @@ pub fn authorize(
         .ct_eq(&Sha256::digest(expected.expose().as_bytes()))
         .into();
     if matches {
-        Ok(fingerprint(presented))
+        Ok(fingerprint(presented, fingerprint_key))
     } else {
         Err(AdminRefusal::Unauthorized)
     }
 }
 
-/// Names a token in logs without revealing it: the first 12 hex digits of its SHA-256.
-pub fn fingerprint(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    format!("tok_{}", &hex::encode(digest)[..12])
+/// Names a token in logs without revealing it: the first 12 hex digits of its
+/// HMAC-SHA256 under `key` (the Worker's first webhook signing secret). A plain hash
+/// would let anyone holding the logs test guesses of a weak token offline; keyed, a
+/// guess cannot be checked without the secret.
+pub fn fingerprint(token: &str, key: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    mac.update(b"stripe-edge admin token:");
+    mac.update(token.as_bytes());
+    format!("tok_{}", &hex::encode(mac.finalize().into_bytes())[..12])
 }
 
 /// Which route `method path?query` names.
@@ -222,6 +230,8 @@ pub fn next_cursor(updated_at: u64, session_id: &str) -> String {
 mod tests {
     use super::*;
 
+    const KEY: &[u8] = b"whsec_unit";
+
     fn token() -> Secret {
         Secret::new("adm_token_123")
     }
@@ -229,7 +239,7 @@ mod tests {
     #[test]
     fn without_a_configured_token_every_route_is_404() {
         assert_eq!(
-            authorize(None, Some("Bearer adm_token_123")),
+            authorize(None, Some("Bearer adm_token_123"), KEY),
             Err(AdminRefusal::NotFound)
         );
     }
@@ -244,7 +254,7 @@ mod tests {
             Some("Bearer x"),
         ] {
             assert_eq!(
-                authorize(Some(&token()), header),
+                authorize(Some(&token()), header, KEY),
                 Err(AdminRefusal::Unauthorized),
                 "{header:?}"
             );
@@ -253,10 +263,16 @@ mod tests {
 
     #[test]
     fn the_right_token_yields_a_fingerprint_that_does_not_reveal_it() {
-        let who = authorize(Some(&token()), Some("Bearer adm_token_123")).unwrap();
+        let who = authorize(Some(&token()), Some("Bearer adm_token_123"), KEY).unwrap();
         assert!(who.starts_with("tok_") && who.len() == 16);
         assert!(!who.contains("adm_token"));
-        assert_eq!(who, fingerprint("adm_token_123"));
+        assert_eq!(who, fingerprint("adm_token_123", KEY));
+        assert_ne!(who, fingerprint("adm_token_123", b"another key"));
+        let plain = hex::encode(Sha256::digest(b"adm_token_123"));
+        assert!(
+            !plain.starts_with(&who[4..]),
+            "not a prefix of the plain SHA-256"
+        );
     }
 
     #[test]
@@ -308,7 +324,7 @@ mod tests {
         assert_eq!(percent_decode("a%2"), "a%2");
         assert_eq!(percent_decode("%zz+x"), "%zz x");
         assert_eq!(percent_decode("%\u{e9}\u{e9}"), "%\u{e9}\u{e9}");
-        assert!(authorize(Some(&token()), Some("bearer adm_token_123")).is_ok());
+        assert!(authorize(Some(&token()), Some("bearer adm_token_123"), KEY).is_ok());
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Config {
             checkout,
             retry_base_secs,
             max_attempts,
-            admin_token: get(ADMIN_TOKEN).map(|t| Secret::new(t.trim())),
+            admin_token: admin_token(get(ADMIN_TOKEN), &mut problems),
             retention_days,
             forward_signer,
             webhook_secrets,
@@ -189,6 +189,12 @@ impl Config {
             upstream_timeout_ms,
             problems,
         }
+    }
+
+    /// Whether `STRIPE_LIVEMODE` is set to something other than `true` or `false`: then
+    /// [`Config::livemode`] is `None` but nothing may be fulfilled (fail closed).
+    pub fn livemode_is_invalid(&self) -> bool {
+        self.problems.iter().any(|p| p.setting == STRIPE_LIVEMODE)
     }
 
     /// Names of required settings that are absent.
@@ -325,6 +331,25 @@ fn boolean(name: &'static str, raw: Option<String>, problems: &mut Vec<Problem>)
             None
         }
     }
+}
+
+/// The shortest `ADMIN_TOKEN` accepted: 32 characters (e.g. `openssl rand -hex 16`)
+/// cannot be guessed online, and the ops API can replay purchases.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// A shorter token is reported by name and the ops API stays closed (every `/admin/`
+/// route answers 404), rather than guarded by something guessable.
+fn admin_token(raw: Option<String>, problems: &mut Vec<Problem>) -> Option<Secret> {
+    let token = raw?.trim().to_string();
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        invalid(
+            problems,
+            ADMIN_TOKEN,
+            "shorter than 32 characters (the ops API stays closed)",
+        );
+        return None;
+    }
+    Some(Secret::new(token))
 }
 
 /// A service needs both its URL and its key; one without the other is a half-done setup.

@@ -204,7 +204,7 @@ pub const STRIPE_BASE: Setting = Setting {
 pub const ADMIN: Setting = secret(
     ADMIN_TOKEN,
     Feature::Ops,
-    "Bearer token of the ops API (/admin/); unset, those routes do not exist.",
+    "Bearer token of the ops API (/admin/), at least 32 characters; unset or shorter, those routes do not exist.",
 );
 /// 30 days outlasts Stripe's 3-day retry window and its 30-day event history.
 pub const RETENTION: Setting = whole(
