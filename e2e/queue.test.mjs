@@ -59,6 +59,7 @@ before(async () => {
       UPSTREAM_TIMEOUT_MS: String(UPSTREAM_TIMEOUT_MS),
       QUEUE_RETRY_BASE_SECS: String(BASE_SECS),
       FULFILLMENT_MAX_ATTEMPTS: String(MAX_ATTEMPTS),
+      DEAD_LETTER_QUEUE: `${QUEUE}-dlq`,
     },
     secrets: {
       STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,

@@ -30,7 +30,7 @@ pub fn producer(env: &Env) -> Option<QueueProducer> {
 /// Runs every message of a batch; each is acked or retried by itself, so one bad or
 /// failing message never holds back the others.
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env) {
-    if is_dead_letter_queue(&batch.queue()) {
+    if is_dead_letter_queue(&load_config(&env), &batch.queue()) {
         for message in batch.raw_iter() {
             let verdict = consumer::dead_letter(&Console, decode(&message));
             carry_out(&message, verdict);

@@ -399,12 +399,18 @@ mod queue_mode {
             .log
             .joined()
             .contains(r#""msg":"fulfilment dead-lettered""#));
-        assert!(crate::queue_mode::is_dead_letter_queue(
-            "stripe-edge-fulfilment-dlq"
-        ));
-        assert!(!crate::queue_mode::is_dead_letter_queue(
-            "stripe-edge-fulfilment"
-        ));
+    }
+
+    #[test]
+    fn the_dead_letter_queue_is_the_one_the_setting_names_whatever_its_name() {
+        use crate::queue_mode::is_dead_letter_queue;
+        use crate::testing::full_config_with;
+        let unset = full_config_with(&[]);
+        assert!(!is_dead_letter_queue(&unset, "stripe-edge-fulfilment-dlq"));
+        let named = full_config_with(&[("DEAD_LETTER_QUEUE", "graveyard")]);
+        assert!(is_dead_letter_queue(&named, "graveyard"));
+        assert!(!is_dead_letter_queue(&named, "stripe-edge-fulfilment-dlq"));
+        assert!(!is_dead_letter_queue(&named, "stripe-edge-fulfilment"));
     }
 
     #[test]

@@ -10,16 +10,15 @@
 
 use crate::fulfilment::{ResumeError, RunOutcome};
 use crate::settings::registry::RETRY_BASE;
+use crate::settings::Config;
 
 pub mod consumer;
 
-/// Queues whose name ends with this are dead-letter queues: their messages are alerted
-/// and acked, never run.
-pub const DEAD_LETTER_SUFFIX: &str = "-dlq";
-
-/// Whether a batch comes from a dead-letter queue.
-pub fn is_dead_letter_queue(name: &str) -> bool {
-    name.ends_with(DEAD_LETTER_SUFFIX)
+/// Whether a batch comes from the dead-letter queue: the queue `DEAD_LETTER_QUEUE`
+/// names, never guessed from the name's shape (a main queue called `…-dlq` is run, a
+/// dead-letter queue called anything else is recognised).
+pub fn is_dead_letter_queue(config: &Config, name: &str) -> bool {
+    config.dead_letter_queue.as_deref() == Some(name)
 }
 
 /// First retry delay when `QUEUE_RETRY_BASE_SECS` is unset (its registry default);

@@ -19,10 +19,10 @@ use crate::relay::RelaySigner;
 
 pub use self::registry::{
     ADMIN_TOKEN, ALLOWED_ORIGINS, APP_URL, CHECKOUT_CODE_ATTEMPTS, CHECKOUT_CODE_WINDOW_SECS,
-    FORWARD_SIGNING_SECRET, FULFILLMENT_MAX_ATTEMPTS, LICENSE_SERVER_API_KEY, LICENSE_SERVER_URL,
-    MAX_BODY_BYTES, PRODUCTS, QUEUE_RETRY_BASE_SECS, RETENTION_DAYS, SHIPPING_API_KEY,
-    SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_LIVEMODE, STRIPE_WEBHOOK_SECRET,
-    STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
+    DEAD_LETTER_QUEUE, FORWARD_SIGNING_SECRET, FULFILLMENT_MAX_ATTEMPTS, LICENSE_SERVER_API_KEY,
+    LICENSE_SERVER_URL, MAX_BODY_BYTES, PRODUCTS, QUEUE_RETRY_BASE_SECS, RETENTION_DAYS,
+    SHIPPING_API_KEY, SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_LIVEMODE,
+    STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
 };
 
 /// `STRIPE_API_BASE` when unset or unusable, from its registry entry.
@@ -109,6 +109,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// Queue mode: the first retry delay, doubled per attempt up to 15 minutes.
     pub retry_base_secs: u32,
+    /// Queue mode: the dead-letter queue's name (`DEAD_LETTER_QUEUE`); a batch from it
+    /// is alerted and acked. Unset, no queue is treated as a dead-letter queue.
+    pub dead_letter_queue: Option<String>,
     /// `POST /checkout`; optional: the webhook path never needs it.
     pub checkout: CheckoutSettings,
     pub problems: Vec<Problem>,
@@ -176,6 +179,7 @@ impl Config {
             retry_base_secs,
             max_attempts,
             admin_token: admin_token(get(ADMIN_TOKEN), &mut problems),
+            dead_letter_queue: get(DEAD_LETTER_QUEUE).map(|q| q.trim().to_string()),
             retention_days,
             forward_signer,
             webhook_secrets,

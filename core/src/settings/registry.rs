@@ -91,6 +91,7 @@ pub const APP_URL: &str = "APP_URL";
 pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
 pub const CHECKOUT_CODE_ATTEMPTS: &str = "CHECKOUT_CODE_ATTEMPTS";
 pub const CHECKOUT_CODE_WINDOW_SECS: &str = "CHECKOUT_CODE_WINDOW_SECS";
+pub const DEAD_LETTER_QUEUE: &str = "DEAD_LETTER_QUEUE";
 
 /// An entry with the fields most settings share (optional, not secret, no default).
 const fn plain(name: &'static str, feature: Feature, meaning: &'static str) -> Setting {
@@ -260,6 +261,12 @@ pub const CODE_WINDOW: Setting = whole(
 );
 
 /// Every setting [`super::Config::load`] reads, grouped by feature.
+pub const DEAD_LETTERS: Setting = plain(
+    DEAD_LETTER_QUEUE,
+    Feature::QueueMode,
+    "Queue mode: the name of the dead-letter queue, when this Worker consumes it too (its messages raise an alert and are acked, never run).",
+);
+
 pub const SETTINGS: &[Setting] = &[
     WEBHOOK_SECRET,
     WEBHOOK_TOLERANCE,
@@ -282,6 +289,7 @@ pub const SETTINGS: &[Setting] = &[
     ORIGINS,
     CODE_ATTEMPTS,
     CODE_WINDOW,
+    DEAD_LETTERS,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number
