@@ -353,7 +353,7 @@ impl Ledger for D1Ledger {
     ) -> Result<(), LedgerError> {
         const SQL: &str =
             "UPDATE steps SET attempts = attempts + 1, last_error = ?2, updated_at = ?3 \
-            WHERE session_id = ?1 AND state = 'pending'";
+            WHERE session_id = ?1 AND (state = 'pending' OR (state = 'running' AND lease_until <= ?3))";
         self.run(
             "note_failure",
             SQL,

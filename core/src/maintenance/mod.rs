@@ -130,19 +130,55 @@ async fn redrive<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             }
             Ok(_) => summary.still_waiting += 1,
             Err(ResumeError::Ledger(e)) => return Err(e),
-            Err(e) => {
+            Err(ResumeError::Session(e)) => {
                 summary.still_waiting += 1;
-                let detail = match e {
-                    ResumeError::Session(step) => step.message(),
-                    _ => "no steps".to_string(),
-                };
+                unresumable(deps, &session_id, &e.message()).await?;
+            }
+            Err(_) => {
+                summary.still_waiting += 1;
                 Line::warn("re-drive could not resume a purchase")
                     .id("session_id", &session_id)
-                    .text("reason", &detail)
+                    .text("reason", "no steps")
                     .emit(deps.log);
             }
         }
     }
+    Ok(())
+}
+
+/// Marks the `last_error` of a try the re-drive made and could not even start.
+const REDRIVE_FAILURE: &str = "re-drive could not fetch the session: ";
+
+/// A purchase the re-drive cannot resume (Stripe no longer returns its session, or
+/// refuses the key): the try is counted on its waiting steps, which moves it behind
+/// every other stalled purchase (they are taken oldest change first), so ten of them
+/// can never hold all the re-drive's slots; ops get one alert, on the first such try,
+/// and a warning on every later one.
+async fn unresumable<L: Ledger, U, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    reason: &str,
+) -> Result<(), LedgerError> {
+    let seen_before = deps.ledger.steps_of(session_id).await?.iter().any(|s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(REDRIVE_FAILURE))
+    });
+    deps.ledger
+        .note_failure(
+            session_id,
+            &format!("{REDRIVE_FAILURE}{reason}"),
+            deps.clock.now_ms(),
+        )
+        .await?;
+    let line = if seen_before {
+        Line::warn("re-drive could not resume a purchase")
+    } else {
+        Line::alert("re-drive cannot resume a purchase")
+    };
+    line.id("session_id", session_id)
+        .text("reason", reason)
+        .emit(deps.log);
     Ok(())
 }
 

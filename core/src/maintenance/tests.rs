@@ -229,6 +229,63 @@ fn a_failed_task_never_hides_the_summary_nor_stops_the_other_tasks() {
     );
 }
 
+#[test]
+fn purchases_stripe_can_no_longer_return_never_starve_the_re_drive() {
+    let world = world();
+    world.upstream.session.replace(None); // every session 404s...
+    let healthy = SESSION.replace("cs_1", "cs_healthy");
+    world
+        .upstream
+        .sessions
+        .borrow_mut()
+        .insert("cs_healthy".into(), healthy.clone()); // ...but this one
+    world
+        .upstream
+        .script(Svc::License, (0..11).map(|_| status(503)));
+    let stuck: Vec<String> = (0..10).map(|n| format!("cs_stuck{n}")).collect();
+    for (n, id) in stuck.iter().enumerate() {
+        let body = format!(
+            r#"{{"id":"evt_s{n}","object":"event","type":"checkout.session.completed","livemode":false,"data":{{"object":{}}}}}"#,
+            SESSION.replace("cs_1", id)
+        );
+        deliver_body(&world, &body);
+    }
+    world.clock.0.set(NOW_MS + 1);
+    let body = format!(
+        r#"{{"id":"evt_h","object":"event","type":"checkout.session.completed","livemode":false,"data":{{"object":{healthy}}}}}"#
+    );
+    deliver_body(&world, &body);
+    // Run 1: the ten oldest fill every slot and cannot be resumed.
+    world.clock.0.set(NOW_MS + IDLE_BEFORE_REDRIVE_MS + 10);
+    let first = block_on(run(&world.deps()));
+    assert_eq!((first.redriven, first.completed), (10, 0));
+    // Run 2: the healthy purchase is not behind them any more.
+    world.clock.0.set(NOW_MS + 3 * IDLE_BEFORE_REDRIVE_MS);
+    block_on(run(&world.deps()));
+    assert_eq!(
+        world.ledger.purchase("cs_healthy"),
+        Some(PurchaseState::Fulfilled)
+    );
+    let log = world.log.joined();
+    assert_eq!(
+        log.matches(r#""msg":"re-drive cannot resume a purchase""#)
+            .count(),
+        10,
+        "one alert each"
+    );
+    assert!(log.contains(r#""level":"alert""#));
+}
+
+fn deliver_body(world: &World, body: &str) {
+    let header = sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes());
+    let delivery = Delivery {
+        signature: Some(&header),
+        body: body.as_bytes(),
+        tags: None,
+    };
+    block_on(handle(&world.deps(), delivery, world.clock.0.get()));
+}
+
 mod queue_mode {
     use super::*;
     use crate::maintenance::QUEUE_IDLE_BEFORE_REDRIVE_MS;

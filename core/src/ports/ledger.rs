@@ -230,8 +230,10 @@ pub trait Ledger {
     ) -> Result<Vec<String>, LedgerError>;
 
     /// Counts a try that could not even claim the steps (the session could not be
-    /// fetched) as an attempt of every pending step, with its error, so the queue's
-    /// retries end in a failed step and an alert rather than going unnoticed.
+    /// fetched) as an attempt of every waiting step (pending, or running with a lease
+    /// that ran out), with its error and the time, so the queue's retries end in a
+    /// failed step and an alert rather than going unnoticed, and the re-drive moves the
+    /// purchase behind the others instead of retrying it first on every run.
     async fn note_failure(
         &self,
         session_id: &str,

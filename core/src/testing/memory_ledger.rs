@@ -276,7 +276,9 @@ impl Ledger for MemoryLedger {
     ) -> Result<(), LedgerError> {
         self.check("note_failure")?;
         for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
-            if id == session_id && row.state == StepState::Pending {
+            let dead_holder =
+                row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
+            if id == session_id && (row.state == StepState::Pending || dead_holder) {
                 row.attempts += 1;
                 row.last_error = Some(error.to_string());
                 row.updated_at = now_ms;

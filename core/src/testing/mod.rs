@@ -63,6 +63,8 @@ pub struct FakeUpstream {
     pub payment_intent: RefCell<Option<String>>,
     /// The Checkout Session the Stripe API returns (replays and re-drives).
     pub session: RefCell<Option<String>>,
+    /// Sessions by id, asked before [`FakeUpstream::session`].
+    pub sessions: RefCell<std::collections::BTreeMap<String, String>>,
     /// Pages of `GET /v1/events`: the first, then the one after `starting_after`.
     pub event_pages: RefCell<Vec<String>>,
     /// When set, every call yields once to the executor, so joined deliveries interleave.
@@ -130,10 +132,16 @@ impl FakeUpstream {
                     .map(String::as_str)
                     .unwrap_or(r#"{"object":"list","data":[],"has_more":false}"#))
             }
-            Svc::Session => match self.session.borrow().as_deref() {
-                Some(session) => ok(session),
-                None => status(404),
-            },
+            Svc::Session => {
+                let id = request.url.rsplit('/').next().unwrap_or_default();
+                if let Some(session) = self.sessions.borrow().get(id) {
+                    return ok(session);
+                }
+                match self.session.borrow().as_deref() {
+                    Some(session) => ok(session),
+                    None => status(404),
+                }
+            }
             Svc::LineItems => {
                 let pages = self.line_item_pages.borrow();
                 let page = if request.url.contains("starting_after") {
