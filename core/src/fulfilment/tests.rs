@@ -679,3 +679,33 @@ fn an_unreadable_livemode_setting_fulfils_nothing_and_keeps_the_events_with_stri
     let other = r#"{"id":"evt_x","object":"event","type":"customer.created","livemode":false,"data":{"object":{"id":"cus_1"}}}"#;
     assert_eq!(deliver(&world, other).verdict, recorded(Status::Ignored));
 }
+
+#[test]
+fn signed_events_that_could_never_be_stored_get_a_clear_400_and_touch_nothing() {
+    let world = World::new(full_config());
+    let cases = [
+        (
+            paid("cs_1").replace("1700000000", "9223372036854775807"),
+            "created",
+        ),
+        (
+            paid("cs_1").replace(r#""id":"cs_1""#, r#""id":"cs_1\nX""#),
+            "data.object.id",
+        ),
+        (paid("cs_1").replace("evt_paid", "evt_paid\\u0000"), "id"),
+        (paid("cs_1").replace("1700000000", "-5"), "created"),
+    ];
+    for (body, field) in cases {
+        let decision = deliver(&world, &body);
+        let line = crate::http::webhook::decision_line(&decision, 0).to_json();
+        assert_eq!(
+            crate::http::webhook::for_decision(&decision).status,
+            400,
+            "{field}"
+        );
+        assert!(line.contains(r#""reason":"unstorable_event""#), "{line}");
+        assert!(line.contains(field), "{line}");
+    }
+    assert!(world.ledger.events.borrow().is_empty());
+    assert!(world.upstream.calls.borrow().is_empty());
+}

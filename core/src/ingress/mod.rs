@@ -85,6 +85,7 @@ impl Refusal {
             Self::NotConfigured => "not_configured",
             Self::BadSignature(e) => e.code(),
             Self::NotAnEvent(EventError::BadSession) => "bad_session",
+            Self::NotAnEvent(EventError::Unstorable(_)) => "unstorable_event",
             Self::NotAnEvent(_) => "not_an_event",
             Self::Unavailable(_) => "ledger_unavailable",
             Self::Busy => "purchase_busy",

@@ -19,6 +19,10 @@ pub enum EventError {
     MissingField(&'static str),
     /// A `checkout.session.*` event whose object is not a Checkout Session we can read.
     BadSession,
+    /// Signed, but a field could never be stored or used as sent (an id with control
+    /// characters, a `created` beyond any date): refused with a 400 that says which,
+    /// instead of a 503 that would look like an outage for three days.
+    Unstorable(&'static str),
 }
 
 impl fmt::Display for EventError {
@@ -28,6 +32,10 @@ impl fmt::Display for EventError {
             Self::NotAnEvent => f.write_str("body is not a Stripe event (object is not \"event\")"),
             Self::MissingField(name) => write!(f, "Stripe event has no {name}"),
             Self::BadSession => f.write_str("event data.object is not a readable Checkout Session"),
+            Self::Unstorable(field) => write!(
+                f,
+                "Stripe event {field} is not a value this Worker can store"
+            ),
         }
     }
 }
@@ -89,6 +97,13 @@ pub fn decode(body: &[u8]) -> Result<Event<'_>, EventError> {
     let object_id = object
         .and_then(|o| serde_json::from_str::<ObjectId>(o.get()).ok())
         .and_then(|o| o.id);
+    storable(
+        &id,
+        &kind,
+        raw.created,
+        raw.api_version.as_deref(),
+        object_id.as_deref(),
+    )?;
     Ok(Event {
         id,
         kind,
@@ -98,6 +113,46 @@ pub fn decode(body: &[u8]) -> Result<Event<'_>, EventError> {
         object_id,
         object,
     })
+}
+
+/// A Stripe id as every API path and ledger column takes it: 1 to 255 of
+/// `A-Z a-z 0-9 _`.
+pub fn is_stripe_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The latest `created` accepted: 9999-12-31T23:59:59Z, far inside the 2^53 a D1
+/// (JavaScript) number holds exactly.
+pub const MAX_CREATED: i64 = 253_402_300_799;
+
+/// Whether the fields the ledger stores and the steps send can be kept as they are.
+fn storable(
+    id: &str,
+    kind: &str,
+    created: Option<i64>,
+    api_version: Option<&str>,
+    object_id: Option<&str>,
+) -> Result<(), EventError> {
+    if !is_stripe_id(id) {
+        return Err(EventError::Unstorable("id"));
+    }
+    let kind_ok = kind.len() <= 255
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+    if !kind_ok {
+        return Err(EventError::Unstorable("type"));
+    }
+    if created.is_some_and(|c| !(0..=MAX_CREATED).contains(&c)) {
+        return Err(EventError::Unstorable("created"));
+    }
+    if api_version.is_some_and(|v| v.len() > 64 || v.chars().any(char::is_control)) {
+        return Err(EventError::Unstorable("api_version"));
+    }
+    if object_id.is_some_and(|o| !is_stripe_id(o)) {
+        return Err(EventError::Unstorable("data.object.id"));
+    }
+    Ok(())
 }
 
 impl Event<'_> {
