@@ -111,6 +111,13 @@ fn classify(service: Callee, response: HttpResponse) -> Result<Vec<u8>, StepErro
     let name = service.as_str();
     match response.status {
         200..=299 => Ok(response.body),
+        // The license server (Simple License Server) answers 409 only for an
+        // Idempotency-Key reused with a different payload: retrying cannot help, and
+        // answering 503 to Stripe for three days would hide it. (Its 500 under
+        // concurrent same-key calls is transient and stays retryable.)
+        409 if service == Callee::License => Err(StepError::Permanent(format!(
+            "{name} answered 409 (Idempotency-Key reused with a different payload)"
+        ))),
         status if retryable_status(status) => {
             Err(StepError::Retryable(format!("{name} answered {status}")))
         }
@@ -136,7 +143,11 @@ mod tests {
             )
         };
         assert!(classify(201).is_ok());
-        for status in [409, 429, 500, 502, 503, 504] {
+        assert!(
+            matches!(classify(409), Err(StepError::Permanent(_))),
+            "the license server's 409 is a payload mismatch"
+        );
+        for status in [429, 500, 502, 503, 504] {
             assert!(
                 matches!(classify(status), Err(StepError::Retryable(_))),
                 "{status}"

@@ -299,7 +299,7 @@ fn timeouts_network_errors_and_429_are_retryable() {
         Err(TransportError::Timeout),
         Err(TransportError::Network("reset".into())),
         status(429),
-        status(409),
+        status(500),
     ] {
         let world = World::new(full_config());
         world.upstream.script(Svc::License, [answer]);
@@ -312,6 +312,27 @@ fn timeouts_network_errors_and_429_are_retryable() {
             StepState::Pending
         );
     }
+    // The shipping system's 409 (its key still being processed) is retried too.
+    let world = World::new(full_config());
+    world.upstream.script(Svc::Shipping, [status(409)]);
+    deliver(&world, &paid("cs_1"));
+    assert_eq!(
+        world.ledger.step_row("cs_1", "shipping").unwrap().state,
+        StepState::Pending
+    );
+}
+
+#[test]
+fn the_license_servers_409_is_a_payload_mismatch_and_fails_the_step_for_good() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(409)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Failed)
+    );
+    let row = world.ledger.step_row("cs_1", "license").unwrap();
+    assert_eq!(row.state, StepState::Failed);
+    assert!(row.last_error.unwrap().contains("409"));
 }
 
 #[test]

@@ -80,7 +80,7 @@ pub fn parse(raw: &str) -> Result<Catalogue, &'static str> {
     let mut products = BTreeMap::new();
     for (slug, entry) in entries {
         if !is_slug(&slug) {
-            return Err("a slug is not 1 to 64 of A-Z, a-z, 0-9, - and _");
+            return Err("a slug is not 1 to 64 of a-z, 0-9 and -, starting with a letter or digit (the license server's rule)");
         }
         products.insert(slug, product(entry)?);
     }
@@ -147,11 +147,14 @@ fn is_stripe_id(id: &str, prefix: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// The license server's slug rule (`^[a-z0-9][a-z0-9-]*$`), at most 64 characters: the
+/// catalogue's slug is the slug the license step sends, so a slug the server would
+/// refuse makes `PRODUCTS` invalid at start instead of failing every purchase.
 fn is_slug(slug: &str) -> bool {
+    let lower_or_digit = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     (1..=64).contains(&slug.len())
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && slug.bytes().next().is_some_and(lower_or_digit)
+        && slug.bytes().all(|b| lower_or_digit(b) || b == b'-')
 }
 
 fn is_country(code: &str) -> bool {
@@ -161,6 +164,16 @@ fn is_country(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slugs_follow_the_license_servers_rule() {
+        for good in ["pro", "pro-2", "0day", "a"] {
+            assert!(is_slug(good), "{good}");
+        }
+        for bad in ["Pro", "pro_2", "-pro", "", "pro.x", &"a".repeat(65)] {
+            assert!(!is_slug(bad), "{bad}");
+        }
+    }
 
     const GOOD: &str = r#"{
         "pro": {"price": "price_1Pro", "mode": "payment", "max_quantity": 5,
