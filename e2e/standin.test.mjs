@@ -231,6 +231,40 @@ describe('stand-in services', { timeout: 60_000 }, () => {
     assert.equal((await call('/stripe/v1/coupons/co_2', { headers: auth })).status, 404);
   });
 
+  test('email: Resend-like sending, idempotency by exact body (replay, then 409), validation and auth', async () => {
+    const re = { authorization: 'Bearer re_standin', 'Idempotency-Key': 'stripe-edge:cs_1:email' };
+    const mail = { from: 'Shop <orders@shop.example>', to: ['ada@example.com'], subject: 'Your license', text: 'k', html: '<p>k</p>' };
+    const a = await call('/email/emails', { method: 'POST', body: mail, headers: re });
+    assert.equal(a.status, 200, a.text);
+    assert.match(a.json.id, /^[0-9a-f-]{36}$/);
+    const b = await call('/email/emails', { method: 'POST', body: mail, headers: re });
+    assert.deepEqual(b.json, a.json, 'the same key and body replay the first answer');
+    assert.equal(s.emailsSent().length, 1);
+    assert.equal(s.emailsSent()[0].idempotency_key, 'stripe-edge:cs_1:email');
+    assert.deepEqual(s.emailsSent()[0].request, mail);
+    // The same key with another body (even the same JSON reordered) is refused, as Resend does.
+    const reordered = { to: mail.to, from: mail.from, subject: mail.subject, text: mail.text, html: mail.html };
+    const c = await call('/email/emails', { method: 'POST', body: reordered, headers: re });
+    assert.equal(c.status, 409);
+    assert.equal(c.json.name, 'invalid_idempotent_request');
+    assert.equal(s.emailsSent().length, 1);
+    // Another key sends again; no key always sends.
+    await call('/email/emails', { method: 'POST', body: mail, headers: { ...re, 'Idempotency-Key': 'other' } });
+    await call('/email/emails', { method: 'POST', body: mail, headers: { authorization: re.authorization } });
+    assert.equal(s.emailsSent().length, 3);
+    // Validation and auth.
+    const bad = await call('/email/emails', { method: 'POST', body: { from: 'x@y.z', to: [] }, headers: { authorization: re.authorization } });
+    assert.equal(bad.status, 422);
+    assert.equal(bad.json.name, 'validation_error');
+    assert.equal((await call('/email/emails', { method: 'POST', body: mail })).status, 401);
+    // Injected faults send nothing.
+    s.failNext('email', 1, 503);
+    const failed = await call('/email/emails', { method: 'POST', body: mail, headers: { ...re, 'Idempotency-Key': 'k2' } });
+    assert.equal(failed.status, 503);
+    assert.equal(s.emailsSent().length, 3);
+    assert.equal(s.callsTo('email').length, 8);
+  });
+
   test('unknown routes are 404 and recorded', async () => {
     assert.equal((await call('/nope')).status, 404);
     assert.equal(s.calls[0].service, 'unknown');

@@ -21,6 +21,8 @@ pub const MIN_CALL_MS: u64 = 250;
 pub enum Callee {
     License,
     Shipping,
+    /// Resend's e-mail API.
+    Email,
 }
 
 impl Callee {
@@ -28,6 +30,7 @@ impl Callee {
         match self {
             Self::License => "license server",
             Self::Shipping => "shipping system",
+            Self::Email => "e-mail service",
         }
     }
 }

@@ -1,11 +1,13 @@
 // A stand-in for the services the Worker calls while fulfilling an order: the
-// internal license server, the shipping service and the Stripe API. One HTTP
+// internal license server, the shipping service, the Stripe API and Resend. One HTTP
 // server on 127.0.0.1, every call recorded, faults injectable per service.
 //
 // Routes. Point the Worker at it with LICENSE_SERVER_URL = `${url}/license`,
-// SHIPPING_URL = `${url}/shipping/orders`, STRIPE_API_BASE = `${url}/stripe`:
+// SHIPPING_URL = `${url}/shipping/orders`, STRIPE_API_BASE = `${url}/stripe`,
+// EMAIL_API_BASE = `${url}/email`:
 //   POST /license/generate                              service "license"  -> {license_key}
 //   POST /shipping/orders                               service "shipping" -> {shipment_id}
+//   POST /email/emails                                  service "email"    -> {id} (Resend)
 //   GET  /stripe/v1/checkout/sessions/:id/line_items    service "stripe"   -> Stripe list object
 //   GET  /stripe/v1/payment_intents/:id                 service "stripe"   -> the stored object
 //   POST /stripe/v1/checkout/sessions                   service "stripe"   -> a new Checkout Session
@@ -18,6 +20,11 @@
 // key and the same body gets the stored answer and does nothing; the same key with
 // a different body gets 422 (as Stripe does). Requests without a key always do the work.
 //
+// Resend (email): needs `Authorization: Bearer …` (else 401) and a JSON body with `from`,
+// `to` (a non-empty array) and `subject` (else 422 `validation_error`). Like Resend, an
+// `Idempotency-Key` seen with the same body, byte for byte, replays the first answer and
+// sends nothing; with another body it is refused with 409 `invalid_idempotent_request`.
+//
 // Faults, queued per service and consumed one per call, in order:
 //   failNext(service, n, status = 500)  answer `status` with an error body; no work done
 //   hangNext(service, n)                never answer (until reset()/stop()); no work done
@@ -28,10 +35,10 @@
 // slowRate, seed, ... }) turns on seeded random faults for every call that no queued
 // fault above claims. See the "Chaos" block below.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 
-const SERVICES = ['license', 'shipping', 'stripe'];
+const SERVICES = ['license', 'shipping', 'stripe', 'email'];
 const STOP_TIMEOUT_MS = 3_000;
 
 const rand = (prefix) => `${prefix}_${randomBytes(12).toString('hex')}`;
@@ -39,6 +46,10 @@ const rand = (prefix) => `${prefix}_${randomBytes(12).toString('hex')}`;
 function stripeError(status, message, extra = {}) {
   const type = status >= 500 ? 'api_error' : 'invalid_request_error';
   return { error: { type, message, ...extra } };
+}
+
+function resendError(statusCode, name, message) {
+  return { statusCode, name, message };
 }
 
 function canonical(value) {
@@ -58,6 +69,8 @@ export async function startStandin() {
   let licenses = [];
   let shipments = [];
   let idempotency = { license: new Map(), shipping: new Map() };
+  let emails = []; // e-mails Resend's stand-in actually sent: { id, idempotency_key, request, raw, at }
+  let emailKeys = new Map(); // Idempotency-Key -> { raw, answer }
   let lineItems = new Map(); // sessionId -> { items, pageSize }
   let paymentIntents = new Map();
   let events = []; // Stripe event objects, newest first as GET /v1/events lists them
@@ -125,7 +138,9 @@ export async function startStandin() {
       call.status = fault.status;
       const errBody = service === 'stripe'
         ? stripeError(fault.status, `injected failure (${fault.status})`)
-        : { error: `injected failure (${fault.status})` };
+        : service === 'email'
+          ? resendError(fault.status, 'injected_failure', `injected failure (${fault.status})`)
+          : { error: `injected failure (${fault.status})` };
       return send(res, fault.status, errBody, headers);
     }
     if (fault?.kind === 'hang') {
@@ -180,7 +195,36 @@ export async function startStandin() {
       });
     }
     if (service === 'stripe') return stripe(method, u, call);
+    if (service === 'email' && p === '/email/emails') {
+      if (method !== 'POST') return [405, resendError(405, 'method_not_allowed', 'Method not allowed')];
+      return sendEmail(call);
+    }
     return [404, { error: `no route for ${method} ${p}` }];
+  }
+
+  /** Resend's POST /emails: validation, then its idempotency (same key and body replays, another body 409). */
+  function sendEmail(call) {
+    if (!/^Bearer \S+/.test(call.headers.authorization ?? '')) {
+      return [401, resendError(401, 'missing_api_key', 'Missing API key in the authorization header')];
+    }
+    const b = call.body;
+    const valid = b && typeof b === 'object' && typeof b.from === 'string' && Array.isArray(b.to) && b.to.length > 0
+      && typeof b.subject === 'string' && (typeof b.text === 'string' || typeof b.html === 'string');
+    const key = call.headers['idempotency-key'];
+    const seen = key ? emailKeys.get(key) : undefined;
+    if (seen) {
+      if (seen.raw !== call.raw) {
+        return [409, resendError(409, 'invalid_idempotent_request', 'Same idempotency key used with a different request payload. Change your idempotency key or payload.')];
+      }
+      call.replayed = true;
+      return seen.answer;
+    }
+    if (!valid) return [422, resendError(422, 'validation_error', 'Missing `from`, `to`, `subject` or a body')];
+    const id = randomUUID();
+    emails.push({ id, idempotency_key: key ?? null, request: b, raw: call.raw, at: call.at });
+    const answer = [200, { id }];
+    if (key) emailKeys.set(key, { raw: call.raw, answer });
+    return answer;
   }
 
   function idempotent(service, call, work) {
@@ -427,6 +471,8 @@ export async function startStandin() {
       licenses = [];
       shipments = [];
       idempotency = { license: new Map(), shipping: new Map() };
+      emails = [];
+      emailKeys = new Map();
       lineItems = new Map();
       paymentIntents = new Map();
       events = [];
@@ -460,6 +506,8 @@ export async function startStandin() {
     licensesIssued: () => licenses.slice(),
     /** Shipments actually created: [{shipment_id, idempotency_key, request, at}]. */
     shipmentsCreated: () => shipments.slice(),
+    /** E-mails Resend's stand-in actually sent: [{id, idempotency_key, request, raw, at}]. */
+    emailsSent: () => emails.slice(),
     /** Calls recorded for one service. */
     callsTo: (service) => calls.filter((c) => c.service === service),
     // ---- Chaos (see the block above) ----

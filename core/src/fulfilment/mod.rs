@@ -7,6 +7,7 @@
 //! over cannot overwrite the new holder. A step someone else holds stops the run: the
 //! holder carries the purchase on, and this delivery is told to come back (409).
 
+pub mod email;
 pub mod license;
 pub mod plan;
 pub mod shipping;
@@ -72,11 +73,11 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     started_ms: u64,
 ) -> Result<Report, LedgerError> {
     let session_id = purchase.session_id();
-    open(deps, purchase).await?;
+    let steps = open(deps, purchase).await?;
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
     let mut outcomes = Vec::new();
     let mut ran = false;
-    for step in &purchase.steps {
+    for step in &steps {
         let (outcome, claimed) = run_step(deps, purchase, *step, deadline).await?;
         ran |= claimed;
         outcomes.push(outcome);
@@ -84,7 +85,7 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             break;
         }
     }
-    let state = if purchase.steps.is_empty() {
+    let state = if steps.is_empty() {
         Some(PurchaseState::NothingToFulfil)
     } else {
         deps.ledger
@@ -143,36 +144,52 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         .checkout_session(deps.upstream, deps.clock, deadline, session_id)
         .await
         .map_err(|e| ResumeError::Session(e.into()))?;
+    // The ledger lists steps by name; they run in the plan's order (email after license).
+    let mut steps: Vec<Step> = rows.iter().filter_map(|r| Step::parse(&r.step)).collect();
+    steps.sort();
     let purchase = Purchase {
         event_id: first.event_id.clone(),
         livemode: session.livemode.unwrap_or(false),
-        steps: rows.iter().filter_map(|r| Step::parse(&r.step)).collect(),
+        steps,
         session,
     };
     Ok(fulfil(deps, &purchase, started_ms).await?)
 }
 
-/// Records the purchase and its steps (idempotently: every event and redelivery may).
+/// Records the purchase and its steps (idempotently: every event and redelivery may),
+/// and returns the steps to run. The e-mail step joins only a purchase opened while
+/// `RESEND_API_KEY` was set: a purchase the ledger already holds without it (opened
+/// before the key was set) never gets an e-mail from a later event or redelivery.
 pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     purchase: &Purchase,
-) -> Result<(), LedgerError> {
+) -> Result<Vec<Step>, LedgerError> {
     let session_id = purchase.session_id();
+    let mut steps = purchase.steps.clone();
+    if steps.contains(&Step::Email) {
+        let known = deps.ledger.steps_of(session_id).await?;
+        let opened_without =
+            !known.is_empty() && !known.iter().any(|r| r.step == Step::Email.name());
+        if opened_without {
+            steps.retain(|s| *s != Step::Email);
+        }
+    }
+    let names: Vec<&'static str> = steps.iter().map(|s| s.name()).collect();
     deps.ledger
         .open_fulfilment(
             session_id,
             purchase.livemode,
             &purchase.event_id,
-            &purchase.step_names(),
+            &names,
             deps.clock.now_ms(),
         )
         .await?;
-    if purchase.steps.is_empty() {
+    if steps.is_empty() {
         Line::info("nothing to fulfil")
             .id("session_id", session_id)
             .emit(deps.log);
     }
-    Ok(())
+    Ok(steps)
 }
 
 fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {
@@ -270,7 +287,7 @@ async fn observe<L: Ledger, U, C, S: Sink>(
     Ok(outcome)
 }
 
-async fn execute<L, U: Upstream, C: Clock, S>(
+async fn execute<L: Ledger, U: Upstream, C: Clock, S>(
     deps: &Deps<'_, L, U, C, S>,
     purchase: &Purchase,
     step: Step,
@@ -280,6 +297,7 @@ async fn execute<L, U: Upstream, C: Clock, S>(
     match step {
         Step::License => license::run(purchase, config, upstream, clock, deadline).await,
         Step::Shipping => shipping::run(purchase, config, upstream, clock, deadline).await,
+        Step::Email => email::run(purchase, config, deps.ledger, upstream, clock, deadline).await,
     }
 }
 

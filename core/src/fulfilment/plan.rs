@@ -66,16 +66,18 @@ pub fn needs_session(kind: &str) -> bool {
     matches!(kind, COMPLETED | ASYNC_SUCCEEDED | ASYNC_FAILED)
 }
 
-/// One unit of fulfilment, run at most once per purchase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One unit of fulfilment, run at most once per purchase. Declared in the order steps
+/// run (`Ord`): the e-mail needs the license key, so it comes after the license.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     License,
     Shipping,
+    Email,
 }
 
 impl Step {
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::License, Self::Shipping]
+        [Self::License, Self::Shipping, Self::Email]
             .into_iter()
             .find(|s| s.name() == name)
     }
@@ -84,7 +86,15 @@ impl Step {
         match self {
             Self::License => "license",
             Self::Shipping => "shipping",
+            Self::Email => "email",
         }
+    }
+
+    /// The key of the `n`th explicit resend of the e-mail (`POST
+    /// /admin/purchases/{id}/resend-email`): a new key each time, so the upstream sends
+    /// again instead of replaying the step's first answer.
+    pub fn resend_key(session_id: &str, n: u64) -> String {
+        format!("{}:resend:{n}", Self::Email.idempotency_key(session_id))
     }
 
     /// Derived from the purchase, not the event: every event and every retry about one
@@ -116,7 +126,8 @@ impl Purchase {
 
 /// The steps a paid session needs: a license when it names a product `slug`; shipping
 /// when it carries an address, or may carry one on its PaymentIntent (sessions made by
-/// `stripe trigger`) and this deployment ships at all.
+/// `stripe trigger`) and this deployment ships at all; and, after them, the e-mail to
+/// the buyer when `RESEND_API_KEY` is set and there is anything to tell them about.
 pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) -> Purchase {
     let mut steps = Vec::new();
     if session.slug().is_some() {
@@ -125,6 +136,9 @@ pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) ->
     let address_on_payment_intent = session.payment_intent.is_some() && config.shipping.is_some();
     if session.shipping_details().is_some() || address_on_payment_intent {
         steps.push(Step::Shipping);
+    }
+    if !steps.is_empty() && config.email.api_key.is_some() {
+        steps.push(Step::Email);
     }
     Purchase {
         event_id: event.id.clone(),
@@ -247,6 +261,28 @@ mod tests {
         assert_eq!(
             steps_of(r#","payment_intent":"pi_1""#, Some(with_shipping)),
             vec![Step::Shipping]
+        );
+    }
+
+    #[test]
+    fn the_email_step_comes_last_and_only_with_a_resend_key() {
+        let with_email = Config::load(|name| match name {
+            "RESEND_API_KEY" => Some("re_1".into()),
+            "EMAIL_FROM" => Some("shop@example.com".into()),
+            _ => None,
+        });
+        let slug = r#","metadata":{"slug":"pro"}"#;
+        assert_eq!(steps_of(slug, None), vec![Step::License]);
+        assert_eq!(
+            steps_of(slug, Some(with_email.clone())),
+            vec![Step::License, Step::Email]
+        );
+        assert_eq!(steps_of("", Some(with_email)), vec![]);
+        assert!(Step::License < Step::Shipping && Step::Shipping < Step::Email);
+        assert_eq!(Step::parse("email"), Some(Step::Email));
+        assert_eq!(
+            Step::resend_key("cs_1", 7),
+            "stripe-edge:cs_1:email:resend:7"
         );
     }
 

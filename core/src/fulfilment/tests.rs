@@ -730,3 +730,302 @@ fn signed_events_that_could_never_be_stored_get_a_clear_400_and_touch_nothing() 
     assert!(world.ledger.events.borrow().is_empty());
     assert!(world.upstream.calls.borrow().is_empty());
 }
+
+// ---- the e-mail step (Resend) ----
+
+use crate::fulfilment::email::NO_EMAIL;
+use crate::testing::{email_config_with, RESEND_KEY};
+
+fn email_world() -> World {
+    World::new(email_config_with(&[]))
+}
+
+fn body_of(request: &crate::ports::HttpRequest) -> serde_json::Value {
+    serde_json::from_str(request.body.as_deref().unwrap()).unwrap()
+}
+
+/// What `POST /admin/purchases/{id}/replay` does: failed steps back to pending, then a
+/// resume with the session fetched from the (fake) Stripe API.
+fn replay(world: &World, session_json: &str) -> crate::fulfilment::RunOutcome {
+    world
+        .upstream
+        .session
+        .replace(Some(session_json.to_string()));
+    block_on(async {
+        world.ledger.reset_failed("cs_1", NOW_MS).await.unwrap();
+        crate::fulfilment::resume(&world.deps(), "cs_1", world.clock.0.get())
+            .await
+            .unwrap()
+            .outcome
+    })
+}
+
+#[test]
+fn the_email_step_sends_the_license_once_with_the_documented_request() {
+    let world = email_world();
+    let decision = deliver(&world, &paid("cs_1"));
+    assert_eq!(decision.verdict, recorded(Status::Accepted));
+    assert_eq!(decision.purchase_state, Some(PurchaseState::Fulfilled));
+    let sent = world.upstream.calls_to(Svc::Email);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].url, "https://email.test/emails");
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {RESEND_KEY}").as_str())
+    );
+    assert_eq!(sent[0].header("content-type"), Some("application/json"));
+    assert_eq!(
+        sent[0].header("idempotency-key"),
+        Some("stripe-edge:cs_1:email")
+    );
+    assert_eq!(sent[0].header("webhook-signature"), None);
+    let body = body_of(&sent[0]);
+    assert_eq!(body["from"], "Shop <orders@shop.test>");
+    assert_eq!(body["to"], serde_json::json!(["ada@example.com"]));
+    assert_eq!(body["subject"], "Your license for pro");
+    assert!(body["text"]
+        .as_str()
+        .unwrap()
+        .contains("Your license key: lic_1"));
+    assert!(body["html"]
+        .as_str()
+        .unwrap()
+        .contains("Your license key: lic_1"));
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!(
+        (row.state, row.result.as_deref()),
+        (StepState::Done, Some("em_1"))
+    );
+
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Duplicate)
+    );
+    let succeeded = event(
+        "evt_async",
+        "checkout.session.async_payment_succeeded",
+        &session("cs_1", "paid", &format!(",{ADDRESS}")),
+    );
+    deliver(&world, &succeeded);
+    assert_eq!(world.upstream.calls_to(Svc::Email).len(), 1, "one e-mail");
+}
+
+#[test]
+fn an_email_503_twice_then_one_email_with_identical_bodies_under_one_key() {
+    let world = email_world();
+    world
+        .upstream
+        .script(Svc::Email, [status(503), status(503)]);
+    for expected in [
+        Verdict::Refused(Refusal::Retry),
+        Verdict::Refused(Refusal::Retry),
+        recorded(Status::Accepted),
+    ] {
+        assert_eq!(deliver(&world, &paid("cs_1")).verdict, expected);
+    }
+    let sent = world.upstream.calls_to(Svc::Email);
+    assert_eq!(sent.len(), 3);
+    for call in &sent[1..] {
+        assert_eq!(call.body, sent[0].body, "byte-identical bodies");
+        assert_eq!(
+            call.header("idempotency-key"),
+            Some("stripe-edge:cs_1:email")
+        );
+    }
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!((row.state, row.attempts), (StepState::Done, 3));
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn a_permanent_422_fails_the_email_step_and_the_purchase_and_a_replay_sends_once() {
+    let world = email_world();
+    world.upstream.script(Svc::Email, [status(422)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Failed)
+    );
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!(row.state, StepState::Failed);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("e-mail service answered 422")
+    );
+    assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Failed));
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Duplicate)
+    );
+    assert_eq!(world.upstream.calls_to(Svc::Email).len(), 1, "not retried");
+
+    let outcome = replay(&world, &session("cs_1", "paid", &format!(",{ADDRESS}")));
+    assert_eq!(outcome, crate::fulfilment::RunOutcome::Complete);
+    let sent = world.upstream.calls_to(Svc::Email);
+    assert_eq!(sent.len(), 2, "the replay sent exactly once");
+    assert_eq!(sent[1].body, sent[0].body);
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn no_license_means_no_email_and_after_a_replay_exactly_one_with_the_new_key() {
+    let world = email_world();
+    world.upstream.script(Svc::License, [status(400)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Failed)
+    );
+    assert!(world.upstream.calls_to(Svc::Email).is_empty());
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!(row.state, StepState::Failed);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("no license to send: the license step failed")
+    );
+
+    let outcome = replay(&world, &session("cs_1", "paid", &format!(",{ADDRESS}")));
+    assert_eq!(outcome, crate::fulfilment::RunOutcome::Complete);
+    let sent = world.upstream.calls_to(Svc::Email);
+    assert_eq!(sent.len(), 1);
+    assert!(body_of(&sent[0])["text"]
+        .as_str()
+        .unwrap()
+        .contains("Your license key: lic_2"));
+    assert_eq!(world.upstream.calls_to(Svc::Shipping).len(), 1);
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn while_the_license_may_still_come_the_email_waits_then_goes_out_once() {
+    let world = email_world();
+    world.upstream.script(Svc::License, [status(503)]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    assert!(world.upstream.calls_to(Svc::Email).is_empty());
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!(row.state, StepState::Pending);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("waiting for the license step")
+    );
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Accepted)
+    );
+    assert_eq!(world.upstream.calls_to(Svc::Email).len(), 1);
+}
+
+#[test]
+fn a_session_without_an_email_address_records_none_no_email() {
+    let world = email_world();
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid","metadata":{"slug":"pro"}}"#,
+    );
+    assert_eq!(deliver(&world, &body).verdict, recorded(Status::Accepted));
+    assert!(world.upstream.calls_to(Svc::Email).is_empty());
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert_eq!(
+        (row.state, row.result.as_deref()),
+        (StepState::Done, Some(NO_EMAIL))
+    );
+}
+
+#[test]
+fn shipped_goods_without_a_license_get_an_order_confirmation() {
+    let world = email_world();
+    let body = event(
+        "evt_1",
+        "checkout.session.completed",
+        &format!(
+            r#"{{"id":"cs_1","object":"checkout.session","payment_status":"paid","customer_details":{{"email":"ada@example.com"}},{ADDRESS}}}"#
+        ),
+    );
+    assert_eq!(deliver(&world, &body).verdict, recorded(Status::Accepted));
+    assert!(world.upstream.calls_to(Svc::License).is_empty());
+    let sent = world.upstream.calls_to(Svc::Email);
+    assert_eq!(sent.len(), 1);
+    let body = body_of(&sent[0]);
+    assert_eq!(body["subject"], "Your order cs_1");
+    assert!(!body["text"].as_str().unwrap().contains("license"));
+}
+
+#[test]
+fn a_purchase_opened_before_the_resend_key_was_set_never_gets_an_email() {
+    let mut world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    world.config = email_config_with(&[]);
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        recorded(Status::Accepted)
+    );
+    assert!(world.ledger.step_row("cs_1", "email").is_none());
+    assert!(world.upstream.calls_to(Svc::Email).is_empty());
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Fulfilled)
+    );
+}
+
+#[test]
+fn a_half_configured_email_step_fails_closed_naming_email_from() {
+    let world = World::new(full_config_with_email_key_only());
+    assert_eq!(
+        deliver(&world, &paid("cs_1")).verdict,
+        Verdict::Refused(Refusal::Retry)
+    );
+    let log = world.log.joined();
+    assert!(
+        log.contains("step not configured") && log.contains("EMAIL_FROM"),
+        "{log}"
+    );
+    assert_eq!(
+        world.ledger.step_row("cs_1", "email").unwrap().state,
+        StepState::Pending
+    );
+    assert!(world.upstream.calls_to(Svc::Email).is_empty());
+}
+
+fn full_config_with_email_key_only() -> crate::settings::Config {
+    crate::testing::full_config_with(&[("RESEND_API_KEY", RESEND_KEY)])
+}
+
+#[test]
+fn email_logs_never_carry_the_address_the_license_key_or_the_api_key() {
+    let world = email_world();
+    world
+        .upstream
+        .script(Svc::License, [ok(r#"{"license_key":"LICSECRET-123"}"#)]);
+    world.upstream.script(Svc::Email, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    deliver(&world, &paid("cs_1"));
+    assert!(body_of(&world.upstream.calls_to(Svc::Email)[1])["text"]
+        .as_str()
+        .unwrap()
+        .contains("LICSECRET-123"));
+    let log = world.log.joined();
+    for needle in [
+        "ada@example.com",
+        "LICSECRET-123",
+        RESEND_KEY,
+        "orders@shop.test",
+    ] {
+        assert!(!log.contains(needle), "{needle} reached the log:\n{log}");
+    }
+    let row = world.ledger.step_row("cs_1", "email").unwrap();
+    assert!(!format!("{row:?}").contains("ada@example.com"));
+}

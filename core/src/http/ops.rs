@@ -35,8 +35,10 @@ pub fn respond(answer: OpsAnswer, line: Line, duration_ms: u64) -> (Reply, Vec<L
         OpsAnswer::SessionUnavailable(body) => Reply::json(502, body),
         OpsAnswer::NotConfigured(setting) => Reply::error(
             503,
-            format!("{setting} is not set: replays fetch the session from Stripe"),
+            format!("{setting} is not set: replays and resends need it"),
         ),
+        OpsAnswer::Conflict(why) => Reply::error(409, why),
+        OpsAnswer::EmailFailed(body) => Reply::json(502, body),
         OpsAnswer::Unavailable(e) => {
             lines.push(Line::error("admin call failed").text("detail", &e.to_string()));
             Reply::error(503, "ledger unavailable, retry")
@@ -71,6 +73,8 @@ mod tests {
             (OpsAnswer::NoSuchPurchase, 404),
             (OpsAnswer::SessionUnavailable(json!({})), 502),
             (OpsAnswer::NotConfigured("STRIPE_API_KEY"), 503),
+            (OpsAnswer::Conflict("no license yet"), 409),
+            (OpsAnswer::EmailFailed(json!({})), 502),
         ];
         for (answer, status) in cases {
             let (reply, lines) = respond(answer.clone(), Line::info("admin call"), 1);

@@ -372,6 +372,27 @@ mod queue_mode {
     }
 
     #[test]
+    fn the_consumer_runs_the_email_after_the_license_and_sends_it_once() {
+        let world = World::new(crate::testing::email_config_with(&[]));
+        world.upstream.session.replace(Some(SESSION.into()));
+        world.queue_mode.set(true);
+        assert_eq!(deliver(&world), Verdict::Recorded(Status::Accepted));
+        assert!(world.upstream.calls.borrow().is_empty());
+        // The ledger lists steps by name (email first); the consumer still runs the
+        // license first, so the e-mail never waits on a license it could have had.
+        world.upstream.script(Svc::Email, [status(503)]);
+        assert_eq!(consume(&world), QueueVerdict::Retry(10));
+        assert_eq!(consume(&world), QueueVerdict::Ack);
+        let emails = world.upstream.calls_to(Svc::Email);
+        assert_eq!(emails.len(), 2);
+        assert_eq!(emails[0].body, emails[1].body);
+        assert!(emails[1].body.as_deref().unwrap().contains("lic_1"));
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        assert_eq!(consume(&world), QueueVerdict::Ack, "a duplicate message");
+        assert_eq!(world.upstream.calls_to(Svc::Email).len(), 2);
+    }
+
+    #[test]
     fn attempts_that_run_out_fail_the_waiting_steps() {
         let world = queued_world();
         deliver(&world);

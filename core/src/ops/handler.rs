@@ -5,12 +5,16 @@
 use serde_json::{json, Value};
 
 use super::{authorize, route, AdminRefusal, AdminRoute, STUCK_AFTER_MS};
+use crate::fulfilment::email::{self, Letter};
+use crate::fulfilment::plan::Step;
 use crate::fulfilment::{self, Deps, ResumeError, RunOutcome};
 use crate::log::Line;
 use crate::ports::ledger::{Ledger, LedgerError};
 use crate::ports::ops_store::{ListQuery, OpsStore};
 use crate::ports::{Clock, Sink, Upstream};
-use crate::upstream::StepError;
+use crate::settings::STRIPE_API_KEY;
+use crate::stripe::api::StripeApi;
+use crate::upstream::{call, Callee, Deadline, StepError};
 
 /// What the Worker read from an `/admin/` request.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +36,14 @@ pub enum OpsAnswer {
     NoSuchPurchase,
     /// The replay could not fetch the session from Stripe; the body says what stands.
     SessionUnavailable(Value),
-    /// A setting the route needs is unset (replays need `STRIPE_API_KEY`).
+    /// A setting the route needs is unset (replays need `STRIPE_API_KEY`; a resend
+    /// `RESEND_API_KEY` and `EMAIL_FROM` too).
     NotConfigured(&'static str),
+    /// The purchase cannot take this call now; the text says why (no license yet, no
+    /// e-mail address on the session).
+    Conflict(&'static str),
+    /// The e-mail service did not send the resend; the body says whether a retry may help.
+    EmailFailed(Value),
     /// The ledger failed; the detail is for the log only.
     Unavailable(LedgerError),
 }
@@ -73,6 +83,11 @@ where
         .label("route", route.name())
         .opt_id("session_id", session_of(&route))
         .opt_id("event_id", event_of(&route));
+    // A resend's key is `Step::resend_key(session, started)`: the line names it.
+    let line = match route {
+        AdminRoute::ResendEmail(_) => line.num("resend", started),
+        _ => line,
+    };
     (answer, line)
 }
 
@@ -85,7 +100,7 @@ fn refused(refusal: AdminRefusal, who: Option<&str>) -> (OpsAnswer, Line) {
 
 fn session_of(route: &AdminRoute) -> Option<&str> {
     match route {
-        AdminRoute::Purchase(id) | AdminRoute::Replay(id) => Some(id),
+        AdminRoute::Purchase(id) | AdminRoute::Replay(id) | AdminRoute::ResendEmail(id) => Some(id),
         AdminRoute::Event(_) | AdminRoute::ListPurchases(_) => None,
     }
 }
@@ -114,6 +129,7 @@ where
         AdminRoute::Purchase(id) => purchase(ledger, id).await,
         AdminRoute::ListPurchases(query) => list(ledger, query, started).await,
         AdminRoute::Replay(id) => replay(deps, id, started).await,
+        AdminRoute::ResendEmail(id) => resend_email(deps, id, started).await,
     }
 }
 
@@ -243,6 +259,85 @@ where
         OpsAnswer::SessionUnavailable(body)
     } else {
         OpsAnswer::Found(body)
+    })
+}
+
+/// Sends the buyer's e-mail once more, on purpose, under a new Idempotency-Key
+/// (`Step::resend_key(id, started)`): the license e-mail when the license step is done,
+/// the order confirmation when the purchase has no license step. The ledger is not
+/// written: the e-mail step's own row stays as it was.
+async fn resend_email<L, U, C, S>(
+    deps: &Deps<'_, L, U, C, S>,
+    id: &str,
+    started: u64,
+) -> Result<OpsAnswer, LedgerError>
+where
+    L: Ledger + OpsStore,
+    U: Upstream,
+    C: Clock,
+    S: Sink,
+{
+    let config = deps.config;
+    let (api_key, from) = match email::configured(&config.email) {
+        Ok(settings) => settings,
+        Err(StepError::NotConfigured(setting)) => return Ok(OpsAnswer::NotConfigured(setting)),
+        Err(_) => unreachable!("configured() only reports settings"),
+    };
+    let Some(stripe_key) = config.stripe_api_key.as_ref() else {
+        return Ok(OpsAnswer::NotConfigured(STRIPE_API_KEY));
+    };
+    let rows = deps.ledger.steps_of(id).await?;
+    if rows.is_empty() {
+        return Ok(match deps.ledger.purchase_row(id).await? {
+            Some(_) => {
+                OpsAnswer::Conflict("nothing was fulfilled for this purchase: no e-mail to send")
+            }
+            None => OpsAnswer::NoSuchPurchase,
+        });
+    }
+    let license = rows.iter().find(|r| r.step == Step::License.name());
+    let Ok(letter) = email::letter(license) else {
+        return Ok(OpsAnswer::Conflict(
+            "the license is not issued yet: replay the purchase first",
+        ));
+    };
+    let deadline = Deadline::new(started, config.upstream_timeout_ms);
+    let stripe = StripeApi {
+        base: &config.stripe_api_base,
+        key: stripe_key,
+    };
+    let session = match stripe
+        .checkout_session(deps.upstream, deps.clock, deadline, id)
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            let error = StepError::from(e).message();
+            return Ok(OpsAnswer::SessionUnavailable(
+                json!({"session_id": id, "outcome": "session_unavailable", "error": error}),
+            ));
+        }
+    };
+    let Some(to) = session.email() else {
+        return Ok(OpsAnswer::Conflict(
+            "the Checkout Session has no e-mail address",
+        ));
+    };
+    let key = Step::resend_key(id, started);
+    let request = email::request(&config.email, api_key, from, &session, to, &letter, key);
+    let kind = match letter {
+        Letter::License(_) => "license",
+        Letter::Confirmation => "confirmation",
+    };
+    let sent = call(deps.upstream, deps.clock, deadline, Callee::Email, request).await;
+    Ok(match sent.and_then(|body| email::email_id(&body)) {
+        Ok(email_id) => OpsAnswer::Found(json!({
+            "session_id": id, "outcome": "sent", "kind": kind, "email_id": email_id, "resend": started,
+        })),
+        Err(e) => OpsAnswer::EmailFailed(json!({
+            "session_id": id, "outcome": "email_failed", "kind": kind, "retryable": !e.is_permanent(),
+            "error": e.message(), "resend": started,
+        })),
     })
 }
 
@@ -421,5 +516,99 @@ mod tests {
         let (status, body) = call(&world, "GET", "/admin/purchases/cs_1", None);
         assert_eq!(status, 503);
         assert_eq!(body["error"], "ledger unavailable, retry");
+    }
+
+    fn email_world() -> World {
+        let world = World::new(crate::testing::email_config_with(&[("ADMIN_TOKEN", TOKEN)]));
+        world.upstream.session.replace(Some(SESSION.into()));
+        world
+    }
+
+    #[test]
+    fn resend_email_sends_exactly_one_more_under_a_new_key() {
+        let world = email_world();
+        deliver(&world);
+        assert_eq!(world.upstream.calls_to(Svc::Email).len(), 1);
+        let authorization = format!("Bearer {TOKEN}");
+        let request = OpsCall {
+            method: "POST",
+            path: "/admin/purchases/cs_1/resend-email",
+            query: None,
+            authorization: Some(&authorization),
+        };
+        let (answer, line) = block_on(handle(&world.deps(), request, NOW_MS));
+        let (reply, lines) = respond(answer, line, 0);
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["outcome"], "sent");
+        assert_eq!(reply.body["kind"], "license");
+        let sent = world.upstream.calls_to(Svc::Email);
+        assert_eq!(sent.len(), 2, "exactly one more");
+        assert_eq!(
+            sent[1].header("idempotency-key"),
+            Some(format!("stripe-edge:cs_1:email:resend:{NOW_MS}").as_str())
+        );
+        assert_eq!(sent[1].body, sent[0].body, "the same e-mail");
+        let line = lines.last().unwrap().to_json();
+        assert!(line.contains("tok_") && line.contains(r#""route":"resend_email""#));
+        assert!(line.contains(&format!(r#""resend":{NOW_MS}"#)), "{line}");
+        assert!(!line.contains("ada@example.com"));
+        // The next resend gets its own key.
+        world.clock.0.set(NOW_MS + 1);
+        let (answer, _) = block_on(handle(&world.deps(), request, NOW_MS + 1));
+        assert!(matches!(answer, OpsAnswer::Found(_)));
+        let keys: Vec<_> = world
+            .upstream
+            .calls_to(Svc::Email)
+            .iter()
+            .map(|c| c.header("idempotency-key").unwrap().to_string())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert_ne!(keys[1], keys[2]);
+        let step = world.ledger.step_row("cs_1", "email").unwrap();
+        assert_eq!(step.result.as_deref(), Some("em_1"), "the step's row stays");
+    }
+
+    #[test]
+    fn resend_email_statuses() {
+        // Without RESEND_API_KEY: 503 naming it.
+        let world = world();
+        deliver(&world);
+        let (code, body) = call(&world, "POST", "/admin/purchases/cs_1/resend-email", None);
+        assert_eq!(code, 503);
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("RESEND_API_KEY"));
+        // Unknown purchase: 404; no license yet: 409; Resend refusing: 502.
+        let world = email_world();
+        assert_eq!(
+            call(&world, "POST", "/admin/purchases/cs_9/resend-email", None).0,
+            404
+        );
+        world.upstream.script(Svc::License, [status(400)]);
+        deliver(&world);
+        let (code, body) = call(&world, "POST", "/admin/purchases/cs_1/resend-email", None);
+        assert_eq!(code, 409, "{body}");
+        assert!(world.upstream.calls_to(Svc::Email).is_empty());
+        let (code, _) = call(&world, "POST", "/admin/purchases/cs_1/replay", None);
+        assert_eq!(code, 200);
+        assert_eq!(world.upstream.calls_to(Svc::Email).len(), 1);
+        world.upstream.script(Svc::Email, [status(422)]);
+        let (code, body) = call(&world, "POST", "/admin/purchases/cs_1/resend-email", None);
+        assert_eq!((code, body["retryable"].as_bool()), (502, Some(false)));
+        world.upstream.script(Svc::Session, [status(503)]);
+        let (code, body) = call(&world, "POST", "/admin/purchases/cs_1/resend-email", None);
+        assert_eq!(
+            (code, body["outcome"].as_str()),
+            (502, Some("session_unavailable"))
+        );
+        // A session without an e-mail address: 409.
+        world.upstream.session.replace(Some(
+            r#"{"id":"cs_1","object":"checkout.session","payment_status":"paid"}"#.into(),
+        ));
+        assert_eq!(
+            call(&world, "POST", "/admin/purchases/cs_1/resend-email", None).0,
+            409
+        );
     }
 }

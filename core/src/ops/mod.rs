@@ -29,6 +29,8 @@ pub enum AdminRoute {
     Purchase(String),
     ListPurchases(ListQuery),
     Replay(String),
+    /// `POST /admin/purchases/{id}/resend-email`: the buyer's e-mail once more.
+    ResendEmail(String),
 }
 
 impl AdminRoute {
@@ -39,6 +41,7 @@ impl AdminRoute {
             Self::Purchase(_) => "get_purchase",
             Self::ListPurchases(_) => "list_purchases",
             Self::Replay(_) => "replay",
+            Self::ResendEmail(_) => "resend_email",
         }
     }
 }
@@ -123,9 +126,10 @@ pub fn route(method: &str, path: &str, query: Option<&str>) -> Result<AdminRoute
         ["purchases", id] => AdminRoute::Purchase(id_segment(id)?),
         ["purchases"] => AdminRoute::ListPurchases(list_query(query.unwrap_or(""))?),
         ["purchases", id, "replay"] => AdminRoute::Replay(id_segment(id)?),
+        ["purchases", id, "resend-email"] => AdminRoute::ResendEmail(id_segment(id)?),
         _ => return Err(AdminRefusal::NotFound),
     };
-    let wanted = if matches!(route, AdminRoute::Replay(_)) {
+    let wanted = if matches!(route, AdminRoute::Replay(_) | AdminRoute::ResendEmail(_)) {
         "POST"
     } else {
         "GET"
@@ -291,6 +295,14 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/admin/purchases/cs_1/replay", None),
+            Err(AdminRefusal::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            route("POST", "/admin/purchases/cs_1/resend-email", None),
+            Ok(AdminRoute::ResendEmail("cs_1".into()))
+        );
+        assert_eq!(
+            route("GET", "/admin/purchases/cs_1/resend-email", None),
             Err(AdminRefusal::MethodNotAllowed("POST"))
         );
         assert_eq!(

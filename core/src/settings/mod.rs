@@ -24,12 +24,29 @@ pub use self::registry::{
     SHIPPING_API_KEY, SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_LIVEMODE,
     STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
 };
+pub use self::registry::{
+    EMAIL_API_BASE, EMAIL_CONFIRMATION_SUBJECT, EMAIL_CONFIRMATION_TEXT, EMAIL_FROM, EMAIL_SUBJECT,
+    EMAIL_SUPPORT, EMAIL_TEXT, RESEND_API_KEY,
+};
 
 /// `STRIPE_API_BASE` when unset or unusable, from its registry entry.
 const DEFAULT_STRIPE_API_BASE: &str = match registry::STRIPE_BASE.default {
     Some(base) => base,
     None => panic!("STRIPE_API_BASE needs a default"),
 };
+
+/// A registry default that must exist (checked when it compiles).
+const fn default_of(setting: &Setting) -> &'static str {
+    match setting.default {
+        Some(value) => value,
+        None => panic!("a setting without its default"),
+    }
+}
+
+/// The license e-mail's body when `EMAIL_TEXT` is unset.
+pub const DEFAULT_EMAIL_TEXT: &str = "Thank you for buying {product}.\n\nYour license key: {license_key}\n\nOrder: {order_id}\nQuestions? Write to {support}.";
+/// The order confirmation's body when `EMAIL_CONFIRMATION_TEXT` is unset.
+pub const DEFAULT_CONFIRMATION_TEXT: &str = "Thank you for your order of {product}.\n\nWe are preparing it for shipping.\n\nOrder: {order_id}\nQuestions? Write to {support}.";
 
 /// A secret string whose `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,7 +131,26 @@ pub struct Config {
     pub dead_letter_queue: Option<String>,
     /// `POST /checkout`; optional: the webhook path never needs it.
     pub checkout: CheckoutSettings,
+    /// The e-mail step (Resend); optional.
+    pub email: EmailSettings,
     pub problems: Vec<Problem>,
+}
+
+/// The e-mail step's settings (Resend). The step is planned only while `api_key` is
+/// set; `from` missing then fails it closed (`StepError::NotConfigured`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailSettings {
+    /// `EMAIL_API_BASE` without a trailing slash.
+    pub api_base: String,
+    pub api_key: Option<Secret>,
+    pub from: Option<String>,
+    /// The templates, `\n` already turned into line breaks.
+    pub subject: String,
+    pub text: String,
+    pub confirmation_subject: String,
+    pub confirmation_text: String,
+    /// `EMAIL_SUPPORT`, else the address inside `EMAIL_FROM`.
+    pub support: Option<String>,
 }
 
 /// The settings of server-side checkout (`POST /checkout`).
@@ -174,8 +210,10 @@ impl Config {
         let max_attempts = number(&registry::MAX_ATTEMPTS, &get, &mut problems) as u32;
         let retry_base_secs = number(&registry::RETRY_BASE, &get, &mut problems) as u32;
         let checkout = checkout_settings(&get, &mut problems);
+        let email = email_settings(&get, &mut problems);
         Config {
             checkout,
+            email,
             retry_base_secs,
             max_attempts,
             admin_token: admin_token(get(ADMIN_TOKEN), &mut problems),
@@ -233,6 +271,9 @@ impl Config {
         }
         if self.stripe_api_key.is_none() {
             unset.push(STRIPE_API_KEY);
+        }
+        if self.email.api_key.is_none() {
+            unset.push(RESEND_API_KEY);
         }
         // Checkout's settings: a malformed one is `invalid`, not unset.
         let invalid = self.invalid();
@@ -431,6 +472,85 @@ fn checkout_settings(
         allowed_origins,
         code_attempts: number(&registry::CODE_ATTEMPTS, get, problems) as u32,
         code_window_secs: number(&registry::CODE_WINDOW, get, problems),
+    }
+}
+
+/// The e-mail step's settings. With `RESEND_API_KEY` set, `EMAIL_FROM` is required (a
+/// missing one is reported and the step fails closed); a body template without its
+/// placeholder is reported and the built-in one used.
+fn email_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> EmailSettings {
+    let default_base = default_of(&registry::EMAIL_BASE);
+    let api_base = match get(EMAIL_API_BASE) {
+        Some(base) if is_http_url(base.trim()) => base.trim().trim_end_matches('/').to_string(),
+        Some(_) => {
+            invalid(problems, EMAIL_API_BASE, "not an http(s) URL");
+            default_base.to_string()
+        }
+        None => default_base.to_string(),
+    };
+    let api_key = get(RESEND_API_KEY).map(|k| Secret::new(k.trim()));
+    let from = get(EMAIL_FROM)
+        .map(|f| f.trim().to_string())
+        .and_then(|from| {
+            let address = address_in(&from);
+            let usable = address.contains('@') && !from.contains(['\r', '\n']);
+            if !usable {
+                invalid(problems, EMAIL_FROM, "not an e-mail address");
+            }
+            usable.then_some(from)
+        });
+    if api_key.is_some() && from.is_none() && !problems.iter().any(|p| p.setting == EMAIL_FROM) {
+        problems.push(Problem {
+            setting: EMAIL_FROM,
+            kind: ProblemKind::Missing,
+        });
+    }
+    let mut template = |name: &'static str, default: &str, needs: Option<&str>| {
+        let value = get(name).map(|t| t.replace("\\n", "\n"));
+        match (value, needs) {
+            (Some(t), Some(placeholder)) if !t.contains(placeholder) => {
+                invalid(
+                    problems,
+                    name,
+                    "lacks its placeholder (the built-in one is used)",
+                );
+                default.replace("\\n", "\n")
+            }
+            (Some(t), _) => t,
+            (None, _) => default.replace("\\n", "\n"),
+        }
+    };
+    let subject = template(EMAIL_SUBJECT, default_of(&registry::SUBJECT), None);
+    let text = template(EMAIL_TEXT, DEFAULT_EMAIL_TEXT, Some("{license_key}"));
+    let confirmation_subject = template(
+        EMAIL_CONFIRMATION_SUBJECT,
+        default_of(&registry::CONFIRMATION_SUBJECT),
+        None,
+    );
+    let confirmation_text = template(EMAIL_CONFIRMATION_TEXT, DEFAULT_CONFIRMATION_TEXT, None);
+    let support = get(EMAIL_SUPPORT)
+        .map(|s| s.trim().to_string())
+        .or_else(|| from.as_deref().map(|f| address_in(f).to_string()));
+    EmailSettings {
+        api_base,
+        api_key,
+        from,
+        subject,
+        text,
+        confirmation_subject,
+        confirmation_text,
+        support,
+    }
+}
+
+/// The address of `Name <address>`, or the whole value.
+fn address_in(from: &str) -> &str {
+    match (from.rfind('<'), from.rfind('>')) {
+        (Some(open), Some(close)) if open < close => from[open + 1..close].trim(),
+        _ => from.trim(),
     }
 }
 

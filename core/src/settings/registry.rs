@@ -92,6 +92,14 @@ pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
 pub const CHECKOUT_CODE_ATTEMPTS: &str = "CHECKOUT_CODE_ATTEMPTS";
 pub const CHECKOUT_CODE_WINDOW_SECS: &str = "CHECKOUT_CODE_WINDOW_SECS";
 pub const DEAD_LETTER_QUEUE: &str = "DEAD_LETTER_QUEUE";
+pub const EMAIL_API_BASE: &str = "EMAIL_API_BASE";
+pub const RESEND_API_KEY: &str = "RESEND_API_KEY";
+pub const EMAIL_FROM: &str = "EMAIL_FROM";
+pub const EMAIL_SUBJECT: &str = "EMAIL_SUBJECT";
+pub const EMAIL_TEXT: &str = "EMAIL_TEXT";
+pub const EMAIL_CONFIRMATION_SUBJECT: &str = "EMAIL_CONFIRMATION_SUBJECT";
+pub const EMAIL_CONFIRMATION_TEXT: &str = "EMAIL_CONFIRMATION_TEXT";
+pub const EMAIL_SUPPORT: &str = "EMAIL_SUPPORT";
 
 /// An entry with the fields most settings share (optional, not secret, no default).
 const fn plain(name: &'static str, feature: Feature, meaning: &'static str) -> Setting {
@@ -260,6 +268,56 @@ pub const CODE_WINDOW: Setting = whole(
     "Length of that window, in seconds.",
 );
 
+pub const EMAIL_BASE: Setting = Setting {
+    default: Some("https://api.resend.com"),
+    ..plain(
+        EMAIL_API_BASE,
+        Feature::Fulfilment,
+        "Base URL of Resend's API (POST {base}/emails; the tests point it at a stand-in).",
+    )
+};
+pub const RESEND_KEY: Setting = secret(
+    RESEND_API_KEY,
+    Feature::Fulfilment,
+    "Resend API key (re_…): when set, every new purchase gets the e-mail step; needs EMAIL_FROM.",
+);
+pub const FROM: Setting = plain(
+    EMAIL_FROM,
+    Feature::Fulfilment,
+    "Sender of the e-mails, on a domain verified with Resend (`Shop <orders@shop.example>`).",
+);
+pub const SUBJECT: Setting = Setting {
+    default: Some("Your license for {product}"),
+    ..plain(
+        EMAIL_SUBJECT,
+        Feature::Fulfilment,
+        "Subject template of the license e-mail.",
+    )
+};
+pub const TEXT: Setting = plain(
+    EMAIL_TEXT,
+    Feature::Fulfilment,
+    "Body template of the license e-mail (must contain {license_key}); unset: the built-in one.",
+);
+pub const CONFIRMATION_SUBJECT: Setting = Setting {
+    default: Some("Your order {order_id}"),
+    ..plain(
+        EMAIL_CONFIRMATION_SUBJECT,
+        Feature::Fulfilment,
+        "Subject template of the order confirmation (shipped goods without a license).",
+    )
+};
+pub const CONFIRMATION_TEXT: Setting = plain(
+    EMAIL_CONFIRMATION_TEXT,
+    Feature::Fulfilment,
+    "Body template of the order confirmation; unset: the built-in one.",
+);
+pub const SUPPORT: Setting = plain(
+    EMAIL_SUPPORT,
+    Feature::Fulfilment,
+    "The support address the templates' {support} names; unset: EMAIL_FROM's address.",
+);
+
 /// Every setting [`super::Config::load`] reads, grouped by feature.
 pub const DEAD_LETTERS: Setting = plain(
     DEAD_LETTER_QUEUE,
@@ -290,6 +348,14 @@ pub const SETTINGS: &[Setting] = &[
     CODE_ATTEMPTS,
     CODE_WINDOW,
     DEAD_LETTERS,
+    EMAIL_BASE,
+    RESEND_KEY,
+    FROM,
+    SUBJECT,
+    TEXT,
+    CONFIRMATION_SUBJECT,
+    CONFIRMATION_TEXT,
+    SUPPORT,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number

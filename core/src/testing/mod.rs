@@ -24,6 +24,7 @@ pub const WEBHOOK_SECRET: &str = "whsec_unit";
 pub const LICENSE_KEY: &str = "lk_unit_secret";
 pub const SHIPPING_KEY: &str = "sk_ship_unit";
 pub const STRIPE_KEY: &str = "sk_test_unit";
+pub const RESEND_KEY: &str = "re_unit_secret";
 
 pub struct FakeClock(pub Cell<u64>);
 
@@ -49,6 +50,8 @@ pub enum Svc {
     Session,
     /// `GET /v1/events` (reconciliation).
     Events,
+    /// Resend's `POST /emails`.
+    Email,
 }
 
 pub type Answer = Result<HttpResponse, TransportError>;
@@ -119,6 +122,7 @@ impl FakeUpstream {
         match svc {
             Svc::License => ok(&format!(r#"{{"license_key":"lic_{n}"}}"#)),
             Svc::Shipping => ok(&format!(r#"{{"shipment_id":"shp_{n}"}}"#)),
+            Svc::Email => ok(&format!(r#"{{"id":"em_{n}"}}"#)),
             Svc::PaymentIntent => ok(self
                 .payment_intent
                 .borrow()
@@ -168,6 +172,8 @@ fn service_of(url: &str) -> Svc {
         Svc::License
     } else if path == "https://shipping.test/orders" {
         Svc::Shipping
+    } else if path == "https://email.test/emails" {
+        Svc::Email
     } else if stripe("/v1/checkout/sessions/") && path.ends_with("/line_items") {
         Svc::LineItems
     } else if stripe("/v1/checkout/sessions/") {
@@ -234,6 +240,18 @@ pub fn full_config_with(extra: &[(&str, &str)]) -> Config {
             .to_string(),
         )
     })
+}
+
+/// [`full_config`] with the e-mail step on (Resend at `https://email.test`), plus `extra`.
+pub fn email_config_with(extra: &[(&str, &str)]) -> Config {
+    let mut pairs = vec![
+        ("RESEND_API_KEY", RESEND_KEY),
+        ("EMAIL_FROM", "Shop <orders@shop.test>"),
+        ("EMAIL_API_BASE", "https://email.test"),
+    ];
+    pairs.retain(|(name, _)| !extra.iter().any(|(n, _)| n == name));
+    pairs.extend_from_slice(extra);
+    full_config_with(&pairs)
 }
 
 /// Records what ingress and the scheduled run send to the queue; can be told to fail.
@@ -382,6 +400,7 @@ mod tests {
     fn declared_services_are_told_apart_by_their_exact_urls() {
         assert_eq!(service_of("https://license.test/generate"), Svc::License);
         assert_eq!(service_of("https://shipping.test/orders"), Svc::Shipping);
+        assert_eq!(service_of("https://email.test/emails"), Svc::Email);
         assert_eq!(
             service_of("https://stripe.test/v1/checkout/sessions/cs_1/line_items?limit=100"),
             Svc::LineItems
