@@ -118,6 +118,18 @@ impl Purchase {
 /// when it carries an address, or may carry one on its PaymentIntent (sessions made by
 /// `stripe trigger`) and this deployment ships at all.
 pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) -> Purchase {
+    opened_by(&event.id, event.livemode, session, config)
+}
+
+/// [`purchase`] opened by `event_id`, which need not be a Stripe event: the success
+/// page's lookup opens a purchase Stripe confirmed paid before any event arrived
+/// (`crate::orders::PAGE_EVENT_ID`). The steps are decided the same way.
+pub fn opened_by(
+    event_id: &str,
+    livemode: bool,
+    session: CheckoutSession,
+    config: &Config,
+) -> Purchase {
     let mut steps = Vec::new();
     if session.slug().is_some() {
         steps.push(Step::License);
@@ -127,8 +139,8 @@ pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) ->
         steps.push(Step::Shipping);
     }
     Purchase {
-        event_id: event.id.clone(),
-        livemode: event.livemode,
+        event_id: event_id.to_string(),
+        livemode,
         session,
         steps,
     }

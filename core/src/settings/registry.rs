@@ -91,6 +91,8 @@ pub const APP_URL: &str = "APP_URL";
 pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
 pub const CHECKOUT_CODE_ATTEMPTS: &str = "CHECKOUT_CODE_ATTEMPTS";
 pub const CHECKOUT_CODE_WINDOW_SECS: &str = "CHECKOUT_CODE_WINDOW_SECS";
+pub const ORDER_LOOKUP_ATTEMPTS: &str = "ORDER_LOOKUP_ATTEMPTS";
+pub const ORDER_LOOKUP_WINDOW_SECS: &str = "ORDER_LOOKUP_WINDOW_SECS";
 
 /// An entry with the fields most settings share (optional, not secret, no default).
 const fn plain(name: &'static str, feature: Feature, meaning: &'static str) -> Setting {
@@ -258,6 +260,22 @@ pub const CODE_WINDOW: Setting = whole(
     (10, 86_400),
     "Length of that window, in seconds.",
 );
+/// Only lookups of ids the ledger does not know count: each costs a Stripe API call.
+pub const LOOKUP_ATTEMPTS: Setting = whole(
+    ORDER_LOOKUP_ATTEMPTS,
+    Feature::Checkout,
+    "20",
+    (1, 1_000),
+    "GET /orders/{id} lookups of ids the ledger does not know, per client per window.",
+);
+/// At most a day: the cron run deletes counts of windows older than that.
+pub const LOOKUP_WINDOW: Setting = whole(
+    ORDER_LOOKUP_WINDOW_SECS,
+    Feature::Checkout,
+    "600",
+    (10, 86_400),
+    "Length of the order lookup window, in seconds.",
+);
 
 /// Every setting [`super::Config::load`] reads, grouped by feature.
 pub const SETTINGS: &[Setting] = &[
@@ -282,6 +300,8 @@ pub const SETTINGS: &[Setting] = &[
     ORIGINS,
     CODE_ATTEMPTS,
     CODE_WINDOW,
+    LOOKUP_ATTEMPTS,
+    LOOKUP_WINDOW,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number
