@@ -244,7 +244,7 @@ pub const SHOP_URL: Setting = plain(
 pub const ORIGINS: Setting = plain(
     ALLOWED_ORIGINS,
     Feature::Checkout,
-    "Comma-separated browser origins whose pages may call /checkout.",
+    "Comma-separated browser origins whose pages may call /checkout and /orders/.",
 );
 pub const CODE_ATTEMPTS: Setting = whole(
     CHECKOUT_CODE_ATTEMPTS,
