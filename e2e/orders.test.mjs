@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, afterEach, before, beforeEach, test } from 'node:test';
 
-import { linesUntil, logLines } from './support/logs.mjs';
+import { linesUntil, logLines, until } from './support/logs.mjs';
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, readResponse, rid } from './support/stripe.mjs';
 import { startWorker } from './support/worker.mjs';
@@ -23,6 +23,7 @@ const LIMIT = 20; // ORDER_LOOKUP_ATTEMPTS's default: the Worker is started with
 
 let standin;
 let worker;
+let queued; // a second Worker in queue mode, started by its test
 let from = 0; // the length of the Worker's output before the current test
 
 before(async () => {
@@ -41,6 +42,7 @@ before(async () => {
 
 after(async () => {
   await worker?.stop();
+  await queued?.stop();
   await standin?.stop();
 });
 
@@ -79,8 +81,8 @@ function stripeHas(overrides = {}) {
   return session;
 }
 
-async function order(id, { ip = clientIp(), origin = SHOP, method = 'GET', headers = {} } = {}) {
-  const res = await fetch(new URL(`/orders/${id}`, worker.url), {
+async function order(id, { ip = clientIp(), origin = SHOP, method = 'GET', headers = {}, target = worker } = {}) {
+  const res = await fetch(new URL(`/orders/${id}`, target.url), {
     method,
     headers: { 'cf-connecting-ip': ip, ...(origin ? { origin } : {}), ...headers },
     signal: AbortSignal.timeout(15_000),
@@ -88,7 +90,7 @@ async function order(id, { ip = clientIp(), origin = SHOP, method = 'GET', heade
   return readResponse(res);
 }
 
-const send = (evt) => deliver(worker.url, JSON.stringify(evt), { secret: WEBHOOK_SECRET });
+const send = (evt, target = worker) => deliver(target.url, JSON.stringify(evt), { secret: WEBHOOK_SECRET });
 /** Delivers until Stripe would stop: a 2xx (409 and 503 are redelivered), bounded. */
 async function sendUntilAccepted(evt) {
   for (let i = 0; i < 20; i++) {
@@ -312,6 +314,59 @@ test('CORS: an allowed origin gets its preflight; a foreign one gets 403 without
   const lines = await linesUntil(worker, from, (l) => l.msg?.startsWith('order'), 4, 'CORS lines', 10_000);
   assert.ok(lines.some((l) => l.msg === 'order preflight'));
   assert.ok(lines.some((l) => l.reason === 'order_forbidden_origin' && l.origin === 'foreign'));
+});
+
+test('queue mode: the page records the steps and queues them; the consumer fulfils once', async () => {
+  queued = await startWorker({
+    vars: {
+      STRIPE_API_BASE: `${standin.url}/stripe`,
+      LICENSE_SERVER_URL: `${standin.url}/license`,
+      UPSTREAM_TIMEOUT_MS: '3000',
+      ALLOWED_ORIGINS: SHOP,
+      QUEUE_RETRY_BASE_SECS: '1',
+    },
+    secrets: { STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, STRIPE_API_KEY: STRIPE_KEY, LICENSE_SERVER_API_KEY: LICENSE_KEY },
+    toml: `
+[[queues.producers]]
+binding = "FULFILLMENT_QUEUE"
+queue = "stripe-edge-e2e-orders"
+
+[[queues.consumers]]
+queue = "stripe-edge-e2e-orders"
+max_batch_size = 5
+max_batch_timeout = 1
+max_retries = 2
+`,
+  });
+  const mark = queued.logs().length;
+  const session = stripeHas();
+  const ip = clientIp();
+  const res = await order(session.id, { target: queued, ip });
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.json.state, 'fulfilling', res.text);
+  assert.equal(res.json.retry_after_ms, 1000);
+  assert.equal(res.json.license_key, undefined);
+  const [line] = await linesUntil(queued, mark, (l) => l.msg === 'order opened by the success page', 1, 'the page\'s line', 10_000);
+  assert.equal(line.opened, 'queued');
+  // The consumer runs the steps; the page's polls (D1 only) see the key appear.
+  const done = await until(async () => {
+    const poll = await order(session.id, { target: queued, ip });
+    return poll.json?.state === 'fulfilled' ? poll : null;
+  }, 'the queued purchase to be fulfilled', 30_000, () => queued.logs().slice(-3000));
+  assert.equal(licenses().length, 1);
+  assert.deepEqual(done.json, { order: session.id, state: 'fulfilled', license_key: licenses()[0].license_key });
+  assert.equal(licenses()[0].request.metadata.provider_event_id, 'success_page');
+  assert.equal(sessionLookups(session.id).length, 2, 'the page\'s lookup, then the consumer\'s fetch');
+  // The webhook arrives late: nothing more to do.
+  const delivered = await send(event('checkout.session.completed', session), queued);
+  assert.equal(delivered.status, 200, delivered.text);
+  await linesUntil(queued, mark, (l) => l.msg === 'webhook recorded' && l.object_id === session.id, 1, 'the webhook line', 10_000);
+  assert.equal(licenses().length, 1);
+  for (const l of licenses()) ISSUED.add(l.license_key);
+  const out = queued.logs();
+  for (const needle of [EMAIL, ...SECRETS, ...ISSUED]) {
+    assert.ok(!out.includes(needle), `${needle} reached the queue-mode Worker's log`);
+  }
 });
 
 test('no license key, e-mail address or API key reaches the Worker\'s output', () => {
