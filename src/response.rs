@@ -18,7 +18,8 @@ pub fn json(reply: Reply) -> Result<Response> {
         .with_headers(headers))
 }
 
-/// A checkout reply: JSON (never cached) or an empty 204, with its headers.
+/// A browser-facing reply (`/checkout`, `/orders/{id}`): JSON (never cached) or an
+/// empty 204, with its headers.
 pub fn checkout(reply: &CheckoutReply) -> Result<Response> {
     let headers = Headers::new();
     headers.set("cache-control", "no-store")?;

@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 use stripe_edge_core::checkout::{self, CheckoutDeps, CheckoutRequest, Verb};
 use stripe_edge_core::http::{self, health};
 use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
+use stripe_edge_core::orders::{self, OrderDecision, OrderDeps, OrderMethod, OrderRequest};
 use stripe_edge_core::ports::ledger::LedgerError;
 use worker::{Env, Method, Request, Response, Result};
 
@@ -29,6 +30,10 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
         (checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
+        (path, _) if path.starts_with(orders::PREFIX) => {
+            let id = path[orders::PREFIX.len()..].to_string();
+            order(Request::from(raw), env, started, &id).await
+        }
         (path, _) if path.starts_with(stripe_edge_core::ops::PREFIX) => {
             let config = load_config(&env);
             ops::handle(Request::from(raw), env, config).await
@@ -144,6 +149,46 @@ async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> 
     let decision = checkout::handle(&deps, &request, started).await;
     http::checkout::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
     response::checkout(&http::checkout::for_decision(&decision))
+}
+
+/// `/orders/{id}`: reads the method, `Origin` and `CF-Connecting-IP`, runs the core's
+/// lookup over D1 (the ledger and the lookup counter) and the engine, then logs and
+/// answers.
+async fn order(req: Request, env: Env, started: u64, id: &str) -> Result<Response> {
+    let config = load_config(&env);
+    let method = match req.method() {
+        Method::Get => OrderMethod::Get,
+        Method::Options => OrderMethod::Options,
+        _ => OrderMethod::Other,
+    };
+    let origin = req.headers().get("origin")?;
+    let client_ip = req.headers().get("cf-connecting-ip")?;
+    let request = OrderRequest {
+        method,
+        origin: origin.as_deref(),
+        client_ip: client_ip.as_deref(),
+        id,
+    };
+    let decision = match Runtime::bind(&env, config.clone()) {
+        Ok(runtime) => {
+            let engine = runtime.deps(true);
+            let deps = OrderDeps {
+                engine: &engine,
+                throttle: &throttle(&env),
+            };
+            orders::handle(&deps, &request, started).await
+        }
+        Err(e) => OrderDecision::unavailable(
+            request.origin,
+            &config.checkout.allowed_origins,
+            LedgerError {
+                operation: "bind",
+                detail: e.to_string(),
+            },
+        ),
+    };
+    http::orders::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    response::checkout(&http::orders::for_decision(&decision))
 }
 
 async fn healthz(env: Env) -> Result<Response> {

@@ -13,6 +13,7 @@ pub mod ingress;
 pub mod log;
 pub mod maintenance;
 pub mod ops;
+pub mod orders;
 pub mod ports;
 pub mod queue_mode;
 pub mod relay;

@@ -28,17 +28,27 @@ pub fn check(allowed: &[String], origin: Option<&str>) -> Caller {
     }
 }
 
-/// The headers of a 204 answer to an allowed preflight.
+/// The headers of a 204 answer to an allowed preflight of `/checkout`.
 pub fn preflight_headers(origin: &str) -> Vec<(&'static str, String)> {
-    vec![
+    preflight_headers_for(origin, "POST", Some("content-type, idempotency-key"))
+}
+
+/// The headers of a 204 answer to an allowed preflight of a route taking `methods`
+/// and, when the route reads any, the request `headers` a page may send.
+pub fn preflight_headers_for(
+    origin: &str,
+    methods: &'static str,
+    headers: Option<&'static str>,
+) -> Vec<(&'static str, String)> {
+    let mut answer = vec![
         ("access-control-allow-origin", origin.to_string()),
-        ("access-control-allow-methods", "POST".into()),
-        (
-            "access-control-allow-headers",
-            "content-type, idempotency-key".into(),
-        ),
-        ("access-control-max-age", MAX_AGE_SECS.to_string()),
-    ]
+        ("access-control-allow-methods", methods.into()),
+    ];
+    if let Some(headers) = headers {
+        answer.push(("access-control-allow-headers", headers.into()));
+    }
+    answer.push(("access-control-max-age", MAX_AGE_SECS.to_string()));
+    answer
 }
 
 /// Reads `ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` origins. Returns the

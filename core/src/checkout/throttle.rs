@@ -1,5 +1,7 @@
 //! Throttling promotion-code guesses: a bounded number of requests carrying a code per
 //! client per fixed window (`CHECKOUT_CODE_ATTEMPTS` per `CHECKOUT_CODE_WINDOW_SECS`).
+//! The success page's lookups of unknown order ids (`crate::orders`) are throttled the
+//! same way, in a budget of their own ([`Scope`]).
 //!
 //! The counter lives behind the `Throttle` port: D1 at the edge (one atomic upsert, see
 //! `migrations/0003_checkout_code_attempts.sql` and `src/d1/throttle.rs`), memory in
@@ -45,7 +47,32 @@ pub const SLASH_48_FACTOR: u32 = 4;
 /// limit. Without an address (not behind Cloudflare, which always sets
 /// `CF-Connecting-IP`) every such caller shares one key.
 pub fn client_keys(secret: &Secret, ip: Option<&str>) -> Vec<(String, u32)> {
-    let key = |subject: &str| keyed(secret, subject);
+    scoped_client_keys(Scope::CheckoutCode, secret, ip)
+}
+
+/// Which budget a count is charged to. Each keys its counters under its own prefix,
+/// so two budgets sharing the table (`checkout_code_attempts`) never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/checkout` requests carrying a promotion code.
+    CheckoutCode,
+    /// `GET /orders/{id}` lookups of ids the ledger does not know (each costs a Stripe call).
+    OrderLookup,
+}
+
+impl Scope {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::CheckoutCode => "stripe-edge:checkout-code:",
+            Self::OrderLookup => "stripe-edge:order-lookup:",
+        }
+    }
+}
+
+/// [`client_keys`] of another budget: the same addresses, prefixes and factors, keyed
+/// apart.
+pub fn scoped_client_keys(scope: Scope, secret: &Secret, ip: Option<&str>) -> Vec<(String, u32)> {
+    let key = |subject: &str| keyed(scope, secret, subject);
     match ip.map(str::trim).map(|ip| (ip, ip.parse::<IpAddr>())) {
         Some((_, Ok(IpAddr::V6(v6)))) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
@@ -77,10 +104,10 @@ pub fn client_key(secret: &Secret, ip: Option<&str>) -> String {
 /// An HMAC-SHA256 keyed with `secret` (the Stripe API key checkout needs anyway), so
 /// D1 never holds an address, and the rows cannot be turned back into addresses by
 /// hashing all 2^32 IPv4 ones. Rotating the key only restarts the counts.
-fn keyed(secret: &Secret, subject: &str) -> String {
+fn keyed(scope: Scope, secret: &Secret, subject: &str) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC takes a key of any length");
-    mac.update(b"stripe-edge:checkout-code:");
+    mac.update(scope.prefix().as_bytes());
     mac.update(subject.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -90,7 +117,7 @@ fn keyed(secret: &Secret, subject: &str) -> String {
 /// Idempotency-Key could tell a dropped code (Stripe replays the no-code session) from
 /// an applied one (a new session) by the URL alone.
 pub fn code_tag(secret: &Secret, code: &str) -> String {
-    keyed(secret, &format!("code:{code}"))
+    keyed(Scope::CheckoutCode, secret, &format!("code:{code}"))
 }
 
 #[cfg(test)]
@@ -152,6 +179,21 @@ mod tests {
         );
         assert_ne!(a[1].0, client_keys(&secret, Some("2001:db8:2:3::1"))[1].0);
         assert_eq!(client_keys(&secret, Some("203.0.113.7")).len(), 1);
+    }
+
+    #[test]
+    fn each_budget_keys_the_same_address_apart() {
+        let secret = Secret::new("sk_test_unit");
+        for ip in [Some("203.0.113.7"), Some("2001:db8:1:2::1"), None] {
+            let code = client_keys(&secret, ip);
+            let lookup = scoped_client_keys(Scope::OrderLookup, &secret, ip);
+            assert_eq!(code, scoped_client_keys(Scope::CheckoutCode, &secret, ip));
+            assert_eq!(code.len(), lookup.len());
+            for ((a, fa), (b, fb)) in code.iter().zip(&lookup) {
+                assert_ne!(a, b, "{ip:?}");
+                assert_eq!(fa, fb);
+            }
+        }
     }
 
     #[test]

@@ -129,6 +129,18 @@ impl Purchase {
 /// `stripe trigger`) and this deployment ships at all; and, after them, the e-mail to
 /// the buyer when `RESEND_API_KEY` is set and there is anything to tell them about.
 pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) -> Purchase {
+    opened_by(&event.id, event.livemode, session, config)
+}
+
+/// [`purchase`] opened by `event_id`, which need not be a Stripe event: the success
+/// page's lookup opens a purchase Stripe confirmed paid before any event arrived
+/// (`crate::orders::PAGE_EVENT_ID`). The steps are decided the same way.
+pub fn opened_by(
+    event_id: &str,
+    livemode: bool,
+    session: CheckoutSession,
+    config: &Config,
+) -> Purchase {
     let mut steps = Vec::new();
     if session.slug().is_some() {
         steps.push(Step::License);
@@ -141,8 +153,8 @@ pub fn purchase(event: &Event<'_>, session: CheckoutSession, config: &Config) ->
         steps.push(Step::Email);
     }
     Purchase {
-        event_id: event.id.clone(),
-        livemode: event.livemode,
+        event_id: event_id.to_string(),
+        livemode,
         session,
         steps,
     }

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 pub mod http;
 pub mod ledger;
 pub mod ops_store;
+pub mod orders;
 
 pub use http::{Clock, HttpRequest, HttpResponse, Method, TransportError, Upstream};
 pub use ledger::{Ledger, LedgerError};
 pub use ops_store::OpsStore;
+pub use orders::OrderStore;
 
 /// How urgent a log line is: the console level `wrangler tail` filters on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -165,6 +165,9 @@ pub struct CheckoutSettings {
     /// Requests carrying a promotion code allowed per client per window.
     pub code_attempts: u32,
     pub code_window_secs: u64,
+    /// `GET /orders/{id}` lookups of ids the ledger does not know, per client per window.
+    pub lookup_attempts: u32,
+    pub lookup_window_secs: u64,
 }
 
 impl Config {
@@ -472,6 +475,8 @@ fn checkout_settings(
         allowed_origins,
         code_attempts: number(&registry::CODE_ATTEMPTS, get, problems) as u32,
         code_window_secs: number(&registry::CODE_WINDOW, get, problems),
+        lookup_attempts: number(&registry::LOOKUP_ATTEMPTS, get, problems) as u32,
+        lookup_window_secs: number(&registry::LOOKUP_WINDOW, get, problems),
     }
 }
 
@@ -689,6 +694,8 @@ mod tests {
         assert_eq!(config.checkout.products, None);
         assert_eq!(config.checkout.code_attempts, 10);
         assert_eq!(config.checkout.code_window_secs, 600);
+        assert_eq!(config.checkout.lookup_attempts, 20);
+        assert_eq!(config.checkout.lookup_window_secs, 600);
         let unset = config.unset_optional();
         for name in [PRODUCTS, APP_URL, ALLOWED_ORIGINS] {
             assert!(unset.contains(&name), "{name}");

@@ -100,6 +100,8 @@ pub const EMAIL_TEXT: &str = "EMAIL_TEXT";
 pub const EMAIL_CONFIRMATION_SUBJECT: &str = "EMAIL_CONFIRMATION_SUBJECT";
 pub const EMAIL_CONFIRMATION_TEXT: &str = "EMAIL_CONFIRMATION_TEXT";
 pub const EMAIL_SUPPORT: &str = "EMAIL_SUPPORT";
+pub const ORDER_LOOKUP_ATTEMPTS: &str = "ORDER_LOOKUP_ATTEMPTS";
+pub const ORDER_LOOKUP_WINDOW_SECS: &str = "ORDER_LOOKUP_WINDOW_SECS";
 
 /// An entry with the fields most settings share (optional, not secret, no default).
 const fn plain(name: &'static str, feature: Feature, meaning: &'static str) -> Setting {
@@ -251,7 +253,7 @@ pub const SHOP_URL: Setting = plain(
 pub const ORIGINS: Setting = plain(
     ALLOWED_ORIGINS,
     Feature::Checkout,
-    "Comma-separated browser origins whose pages may call /checkout.",
+    "Comma-separated browser origins whose pages may call /checkout and /orders/.",
 );
 pub const CODE_ATTEMPTS: Setting = whole(
     CHECKOUT_CODE_ATTEMPTS,
@@ -266,6 +268,22 @@ pub const CODE_WINDOW: Setting = whole(
     "600",
     (10, 86_400),
     "Length of that window, in seconds.",
+);
+/// Only lookups of ids the ledger does not know count: each costs a Stripe API call.
+pub const LOOKUP_ATTEMPTS: Setting = whole(
+    ORDER_LOOKUP_ATTEMPTS,
+    Feature::Checkout,
+    "20",
+    (1, 1_000),
+    "GET /orders/{id} lookups of ids the ledger does not know, per client per window.",
+);
+/// At most a day: the cron run deletes counts of windows older than that.
+pub const LOOKUP_WINDOW: Setting = whole(
+    ORDER_LOOKUP_WINDOW_SECS,
+    Feature::Checkout,
+    "600",
+    (10, 86_400),
+    "Length of the order lookup window, in seconds.",
 );
 
 pub const EMAIL_BASE: Setting = Setting {
@@ -356,6 +374,8 @@ pub const SETTINGS: &[Setting] = &[
     CONFIRMATION_SUBJECT,
     CONFIRMATION_TEXT,
     SUPPORT,
+    LOOKUP_ATTEMPTS,
+    LOOKUP_WINDOW,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number

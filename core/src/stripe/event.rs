@@ -197,6 +197,8 @@ impl Expandable {
 pub struct CheckoutSession {
     pub id: String,
     pub object: Option<String>,
+    /// `open`, `complete` or `expired` (the success page's lookup asks Stripe for it).
+    pub status: Option<String>,
     pub payment_status: Option<String>,
     pub livemode: Option<bool>,
     pub metadata: Option<Metadata>,

@@ -11,6 +11,7 @@ use crate::ports::ledger::{
     StepState,
 };
 use crate::ports::ops_store::{ListQuery, OpsStore, StateFilter};
+use crate::ports::orders::{OrderRecord, OrderStep, OrderStore};
 
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
@@ -22,6 +23,8 @@ pub struct MemoryLedger {
     pub purchase_times: RefCell<BTreeMap<String, (bool, u64, u64)>>,
     /// When set, every call fails as an unavailable database would.
     pub unavailable: Cell<bool>,
+    /// How many times [`OrderStore::order`] was read (the success page's lookups).
+    pub order_reads: Cell<u32>,
 }
 
 impl MemoryLedger {
@@ -504,5 +507,29 @@ impl OpsStore for MemoryLedger {
             out.extend(self.purchase_json(&id));
         }
         Ok(out)
+    }
+}
+
+/// The success page's read over the same maps: the purchase and its steps, by name.
+impl OrderStore for MemoryLedger {
+    async fn order(&self, session_id: &str) -> Result<Option<OrderRecord>, LedgerError> {
+        self.check("order")?;
+        self.order_reads.set(self.order_reads.get() + 1);
+        let Some(state) = self.purchase(session_id) else {
+            return Ok(None);
+        };
+        let mut steps: Vec<OrderStep> = self
+            .steps
+            .borrow()
+            .iter()
+            .filter(|((id, _), _)| id == session_id)
+            .map(|((_, name), row)| OrderStep {
+                step: name.to_string(),
+                state: row.state,
+                result: row.result.clone(),
+            })
+            .collect();
+        steps.sort_by(|a, b| a.step.cmp(&b.step));
+        Ok(Some(OrderRecord { state, steps }))
     }
 }
