@@ -939,7 +939,41 @@ fn an_unavailable_counter_is_503_and_no_code_is_looked_up() {
         shop.last_log()["msg"],
         "checkout failed: throttle unavailable"
     );
-    // Without a code the counter is not needed.
+    // Without a code the counter is not needed: the session budget goes uncounted
+    // (it guards the Stripe rate limit, not a secret) and the log says so.
+    assert_eq!(shop.post(r#"{"product":"pro"}"#).1.status, 200);
+    assert_eq!(shop.last_log()["session_budget"], "uncounted");
+}
+
+#[test]
+fn session_requests_are_throttled_per_client_with_or_without_a_code() {
+    let shop = Shop::new();
+    let limit = shop.config.checkout.session_attempts;
+    assert_eq!(limit, 30, "the documented default");
+    for n in 0..limit {
+        let (_, reply) = shop.post(r#"{"product":"pro"}"#);
+        assert_eq!(reply.status, 200, "request {n}");
+    }
+    let calls = shop.stripe.calls.borrow().len();
+    let (decision, reply) = shop.post(r#"{"product":"pro"}"#);
+    assert_eq!(reply.status, 429);
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(
+        reply.body,
+        Some(serde_json::json!({"error": "too many checkout attempts; retry later"}))
+    );
+    assert_eq!(
+        shop.stripe.calls.borrow().len(),
+        calls,
+        "Stripe is not asked"
+    );
+    assert!(matches!(
+        decision.outcome,
+        CheckoutOutcome::Refused(CheckoutRefusal::TooManySessions { .. })
+    ));
+    // The next window starts afresh.
+    let now = shop.clock.0.get();
+    shop.clock.0.set(now + 61_000);
     assert_eq!(shop.post(r#"{"product":"pro"}"#).1.status, 200);
 }
 

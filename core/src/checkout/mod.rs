@@ -22,6 +22,7 @@ use self::cors::Caller;
 use self::form::Form;
 use self::idempotency::{idempotency_key, KeySource};
 use self::promo::{Dropped, Promotion};
+use self::throttle::Scope;
 use crate::ports::ledger::LedgerError;
 use crate::ports::{Clock, Upstream};
 use crate::ports::{Pause, Throttle};
@@ -92,6 +93,11 @@ pub enum CheckoutRefusal {
     RateLimited {
         retry_after_secs: u64,
     },
+    /// Too many session requests from this client in this window (with or without a
+    /// code): `CHECKOUT_SESSION_ATTEMPTS` per `CHECKOUT_SESSION_WINDOW_SECS`.
+    TooManySessions {
+        retry_after_secs: u64,
+    },
     /// The settings checkout needs that are unset or malformed, by name.
     NotConfigured(Vec<&'static str>),
     /// The code-attempt counter (D1) failed.
@@ -110,6 +116,7 @@ impl CheckoutRefusal {
             Self::UnknownProduct => "checkout_unknown_product",
             Self::BadQuantity { .. } => "checkout_bad_quantity",
             Self::RateLimited { .. } => "checkout_rate_limited",
+            Self::TooManySessions { .. } => "checkout_sessions_rate_limited",
             Self::NotConfigured(_) => "checkout_not_configured",
             Self::Unavailable(_) => "checkout_unavailable",
             Self::Stripe(_) => "checkout_stripe_failed",
@@ -131,6 +138,9 @@ pub struct CheckoutDecision {
     pub promotion_request_id: Option<String>,
     /// This client's requests with a code in the current window, this one included.
     pub code_attempts: Option<u32>,
+    /// The session budget could not be counted (D1 down): the request went on, since
+    /// that budget guards the Stripe rate limit, not a secret; the log says so.
+    pub session_count_failed: bool,
 }
 
 /// Runs one request to `/checkout`.
@@ -148,6 +158,7 @@ pub async fn handle<U: Upstream, C: Clock, T: Throttle, P: Pause>(
         promotion: Promotion::None,
         promotion_request_id: None,
         code_attempts: None,
+        session_count_failed: false,
     };
     decision.outcome = match (&caller, request.verb) {
         (Caller::Foreign, _) => CheckoutOutcome::Refused(CheckoutRefusal::ForbiddenOrigin),
@@ -159,6 +170,30 @@ pub async fn handle<U: Upstream, C: Clock, T: Throttle, P: Pause>(
         },
     };
     decision
+}
+
+/// Counts a session request against the client's budget (its /64 and /48 for IPv6),
+/// before any Stripe call: past it, 429 and Stripe is never asked.
+async fn sessions_allowed<U, C: Clock, T: Throttle, P>(
+    deps: &CheckoutDeps<'_, U, C, T, P>,
+    key: &Secret,
+    client_ip: Option<&str>,
+) -> Result<(), CheckoutRefusal> {
+    let settings = &deps.config.checkout;
+    let window = throttle::window(deps.clock.now_ms(), settings.session_window_secs);
+    for (counter, factor) in throttle::scoped_client_keys(Scope::CheckoutSession, key, client_ip) {
+        let count = deps
+            .throttle
+            .hit(&counter, window.start)
+            .await
+            .map_err(CheckoutRefusal::Unavailable)?;
+        if count > settings.session_attempts.saturating_mul(factor) {
+            return Err(CheckoutRefusal::TooManySessions {
+                retry_after_secs: window.retry_after_secs,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What checkout needs, all present.
@@ -282,6 +317,10 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
         key: ready.key,
     };
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
+    match sessions_allowed(deps, ready.key, request.client_ip).await {
+        Err(CheckoutRefusal::Unavailable(_)) => decision.session_count_failed = true,
+        other => other?,
+    }
     if let Some(code) = &order.code {
         let settings = &deps.config.checkout;
         let window = throttle::window(deps.clock.now_ms(), settings.code_window_secs);

@@ -58,6 +58,8 @@ pub enum Scope {
     CheckoutCode,
     /// `GET /orders/{id}` lookups of ids the ledger does not know (each costs a Stripe call).
     OrderLookup,
+    /// `/checkout` requests that ask Stripe for a session, with or without a code.
+    CheckoutSession,
 }
 
 impl Scope {
@@ -65,6 +67,7 @@ impl Scope {
         match self {
             Self::CheckoutCode => "stripe-edge:checkout-code:",
             Self::OrderLookup => "stripe-edge:order-lookup:",
+            Self::CheckoutSession => "stripe-edge:checkout-session:",
         }
     }
 }

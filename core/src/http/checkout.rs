@@ -44,7 +44,7 @@ pub fn status(refusal: &CheckoutRefusal) -> u16 {
         CheckoutRefusal::BadRequest(_)
         | CheckoutRefusal::UnknownProduct
         | CheckoutRefusal::BadQuantity { .. } => 400,
-        CheckoutRefusal::RateLimited { .. } => 429,
+        CheckoutRefusal::RateLimited { .. } | CheckoutRefusal::TooManySessions { .. } => 429,
         CheckoutRefusal::NotConfigured(_) | CheckoutRefusal::Unavailable(_) => 503,
         CheckoutRefusal::Stripe(_) => 502,
     }
@@ -63,6 +63,7 @@ fn message(refusal: &CheckoutRefusal) -> String {
         CheckoutRefusal::RateLimited { .. } => {
             "too many promotion code attempts; retry later".into()
         }
+        CheckoutRefusal::TooManySessions { .. } => "too many checkout attempts; retry later".into(),
         // The caller learns nothing of our configuration; the log names the settings.
         CheckoutRefusal::NotConfigured(_) => "checkout is not configured".into(),
         CheckoutRefusal::Unavailable(_) => "temporarily unavailable, please retry".into(),
@@ -89,7 +90,9 @@ pub fn for_decision(decision: &CheckoutDecision) -> CheckoutReply {
             headers.push(("access-control-allow-origin", origin.clone()));
             if matches!(
                 outcome,
-                CheckoutOutcome::Refused(CheckoutRefusal::RateLimited { .. })
+                CheckoutOutcome::Refused(
+                    CheckoutRefusal::RateLimited { .. } | CheckoutRefusal::TooManySessions { .. }
+                )
             ) {
                 headers.push(("access-control-expose-headers", "Retry-After".into()));
             }
@@ -103,7 +106,10 @@ pub fn for_decision(decision: &CheckoutDecision) -> CheckoutReply {
         CheckoutOutcome::Preflight if decision.caller == Caller::NoOrigin => {
             headers.push(("allow", "POST, OPTIONS".into()));
         }
-        CheckoutOutcome::Refused(CheckoutRefusal::RateLimited { retry_after_secs }) => {
+        CheckoutOutcome::Refused(
+            CheckoutRefusal::RateLimited { retry_after_secs }
+            | CheckoutRefusal::TooManySessions { retry_after_secs },
+        ) => {
             headers.push(("retry-after", retry_after_secs.to_string()));
         }
         _ => {}
@@ -150,12 +156,18 @@ pub fn decision_line(decision: &CheckoutDecision, duration_ms: u64) -> Line {
         Some(quantity) => line.num("quantity", u64::from(quantity)),
         None => line,
     };
+    let line = if decision.session_count_failed {
+        line.label("session_budget", "uncounted")
+    } else {
+        line
+    };
     promotion_fields(line, decision).num("duration_ms", duration_ms)
 }
 
 fn refusal_line(refusal: &CheckoutRefusal) -> Line {
     match refusal {
-        CheckoutRefusal::RateLimited { retry_after_secs } => {
+        CheckoutRefusal::RateLimited { retry_after_secs }
+        | CheckoutRefusal::TooManySessions { retry_after_secs } => {
             Line::warn("checkout refused").num("retry_after_secs", *retry_after_secs)
         }
         CheckoutRefusal::NotConfigured(settings) => {

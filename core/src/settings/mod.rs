@@ -168,6 +168,9 @@ pub struct CheckoutSettings {
     /// `GET /orders/{id}` lookups of ids the ledger does not know, per client per window.
     pub lookup_attempts: u32,
     pub lookup_window_secs: u64,
+    /// `POST /checkout` requests that reach Stripe, per client per window.
+    pub session_attempts: u32,
+    pub session_window_secs: u64,
 }
 
 impl Config {
@@ -477,6 +480,8 @@ fn checkout_settings(
         code_window_secs: number(&registry::CODE_WINDOW, get, problems),
         lookup_attempts: number(&registry::LOOKUP_ATTEMPTS, get, problems) as u32,
         lookup_window_secs: number(&registry::LOOKUP_WINDOW, get, problems),
+        session_attempts: number(&registry::SESSION_ATTEMPTS, get, problems) as u32,
+        session_window_secs: number(&registry::SESSION_WINDOW, get, problems),
     }
 }
 

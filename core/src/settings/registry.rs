@@ -102,6 +102,8 @@ pub const EMAIL_CONFIRMATION_TEXT: &str = "EMAIL_CONFIRMATION_TEXT";
 pub const EMAIL_SUPPORT: &str = "EMAIL_SUPPORT";
 pub const ORDER_LOOKUP_ATTEMPTS: &str = "ORDER_LOOKUP_ATTEMPTS";
 pub const ORDER_LOOKUP_WINDOW_SECS: &str = "ORDER_LOOKUP_WINDOW_SECS";
+pub const CHECKOUT_SESSION_ATTEMPTS: &str = "CHECKOUT_SESSION_ATTEMPTS";
+pub const CHECKOUT_SESSION_WINDOW_SECS: &str = "CHECKOUT_SESSION_WINDOW_SECS";
 
 /// An entry with the fields most settings share (optional, not secret, no default).
 const fn plain(name: &'static str, feature: Feature, meaning: &'static str) -> Setting {
@@ -343,6 +345,23 @@ pub const DEAD_LETTERS: Setting = plain(
     "Queue mode: the name of the dead-letter queue, when this Worker consumes it too (its messages raise an alert and are acked, never run).",
 );
 
+/// Every `POST /checkout` that gets as far as asking Stripe for a session counts: the
+/// merchant's Stripe rate limit is shared with fulfilment and replays.
+pub const SESSION_ATTEMPTS: Setting = whole(
+    CHECKOUT_SESSION_ATTEMPTS,
+    Feature::Checkout,
+    "30",
+    (1, 10_000),
+    "Checkout sessions a client may ask for per window (with or without a code).",
+);
+pub const SESSION_WINDOW: Setting = whole(
+    CHECKOUT_SESSION_WINDOW_SECS,
+    Feature::Checkout,
+    "60",
+    (10, 86_400),
+    "Length of the session window, in seconds.",
+);
+
 pub const SETTINGS: &[Setting] = &[
     WEBHOOK_SECRET,
     WEBHOOK_TOLERANCE,
@@ -376,6 +395,8 @@ pub const SETTINGS: &[Setting] = &[
     SUPPORT,
     LOOKUP_ATTEMPTS,
     LOOKUP_WINDOW,
+    SESSION_ATTEMPTS,
+    SESSION_WINDOW,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number
