@@ -7,7 +7,7 @@
 // and `half` (RESEND_API_KEY without EMAIL_FROM: the step must fail closed).
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { after, before, beforeEach, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
@@ -105,7 +105,9 @@ async function purchaseState(sessionId) {
   return (await worker.d1(`SELECT state FROM purchases WHERE session_id = '${sessionId}'`))[0]?.state;
 }
 
-const fingerprint = (token) => `tok_${createHash('sha256').update(token).digest('hex').slice(0, 12)}`;
+// The Worker's fingerprint: HMAC-SHA256 keyed by its (first) webhook signing secret.
+const fingerprint = (token) =>
+  `tok_${createHmac('sha256', WEBHOOK_SECRET).update('stripe-edge admin token:').update(token).digest('hex').slice(0, 12)}`;
 
 // ------------------------------------------------------------------ tests
 
