@@ -7,6 +7,7 @@ use worker::wasm_bindgen::JsValue;
 
 pub mod ledger;
 pub mod ops_store;
+mod reversal;
 pub mod throttle;
 
 pub use ledger::D1Ledger;

@@ -267,6 +267,16 @@ pub const DEAD_LETTERS: Setting = plain(
     "Queue mode: the name of the dead-letter queue, when this Worker consumes it too (its messages raise an alert and are acked, never run).",
 );
 
+pub const REVOKE_ON_DISPUTE: &str = "REVOKE_ON_DISPUTE";
+pub const DISPUTE_POLICY: Setting = Setting {
+    default: Some("true"),
+    ..plain(
+        REVOKE_ON_DISPUTE,
+        Feature::Fulfilment,
+        "true or false: whether a new dispute (chargeback) revokes the license and cancels the shipment (false: only recorded).",
+    )
+};
+
 pub const SETTINGS: &[Setting] = &[
     WEBHOOK_SECRET,
     WEBHOOK_TOLERANCE,
@@ -290,6 +300,7 @@ pub const SETTINGS: &[Setting] = &[
     CODE_ATTEMPTS,
     CODE_WINDOW,
     DEAD_LETTERS,
+    DISPUTE_POLICY,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number
