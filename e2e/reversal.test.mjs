@@ -17,7 +17,8 @@ const WEBHOOK_SECRET = `whsec_${rid('rev')}`;
 const LICENSE_KEY = `lk_${rid('rev')}`;
 const SHIPPING_KEY = `shk_${rid('rev')}`;
 const STRIPE_KEY = `sk_test_${rid('rev')}`;
-const SECRETS = [WEBHOOK_SECRET, LICENSE_KEY, SHIPPING_KEY, STRIPE_KEY];
+const ADMIN_TOKEN = `adm_${rid('rev')}`;
+const SECRETS = [WEBHOOK_SECRET, LICENSE_KEY, SHIPPING_KEY, STRIPE_KEY, ADMIN_TOKEN];
 const QUEUE = 'stripe-edge-e2e-reversal';
 
 const CUSTOMER = { email: 'rita.refund@example.com', name: 'Rita Refund' };
@@ -56,7 +57,7 @@ before(async () => {
     SHIPPING_API_KEY: SHIPPING_KEY,
     STRIPE_API_KEY: STRIPE_KEY,
   };
-  worker = await startWorker({ vars, secrets });
+  worker = await startWorker({ vars, secrets: { ...secrets, ADMIN_TOKEN } });
   queued = await startWorker({
     vars: { ...vars, REVOKE_ON_DISPUTE: 'false', QUEUE_RETRY_BASE_SECS: '1', FULFILLMENT_MAX_ATTEMPTS: '6' },
     secrets,
@@ -179,6 +180,21 @@ test('a full refund after fulfilment: one revoke, one cancel, the documented cal
   assert.equal(rows.cancel_shipment.result, 'cancelled');
   const stored = await worker.d1(`SELECT payment_intent FROM purchases WHERE session_id = '${session.id}'`);
   assert.equal(stored[0].payment_intent, session.payment_intent);
+
+  // The ops lookup shows the state, the take-backs and the reversal; no customer data.
+  const admin = await fetch(`${worker.url}/admin/purchases/${session.id}`, {
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, signal: AbortSignal.timeout(15_000),
+  });
+  assert.equal(admin.status, 200);
+  const view = await admin.json();
+  assert.equal(view.purchase.state, 'refunded');
+  assert.deepEqual(view.steps.map((s) => [s.step, s.state]).sort(), [
+    ['cancel_shipment', 'done'], ['license', 'done'], ['revoke_license', 'done'], ['shipping', 'done'],
+  ]);
+  assert.deepEqual(view.reversals.map((r) => [r.event_id, r.kind, r.takes_back_as, r.reference]), [
+    [evt.id, 'refunded', 'refunded', session.payment_intent],
+  ]);
+  for (const p of PERSONAL) assert.ok(!JSON.stringify(view).includes(p));
 
   // Delivered again: nothing more.
   const again = await send(evt);

@@ -90,11 +90,6 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             break;
         }
     }
-    // A reversal recorded for this purchase (now, or while a step ran): take back what
-    // was done. Nothing to do, and no extra read, for the purchase that has none.
-    let (back, took) = take_back_steps(deps, session_id, deadline).await?;
-    ran |= took;
-    outcomes.extend(back);
     let state = if purchase.steps.is_empty() {
         Some(PurchaseState::NothingToFulfil)
     } else {
@@ -102,6 +97,16 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             .finish_purchase(session_id, deps.clock.now_ms())
             .await?
     };
+    // A reversal was recorded for this purchase (before it was opened, or while a step
+    // ran): take back what was done. Read after the forward steps settled, so a
+    // reversal that found one of them running (and answered 409) is carried on here;
+    // one recorded later sees them done and takes back itself. No extra read for the
+    // purchase that has none.
+    if state.is_some_and(PurchaseState::is_reversed) {
+        let (back, took) = take_back_steps(deps, session_id, deadline).await?;
+        ran |= took;
+        outcomes.extend(back);
+    }
     Ok(Report {
         outcome: aggregate(&outcomes),
         ran,

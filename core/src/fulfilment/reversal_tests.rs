@@ -544,3 +544,45 @@ fn a_livemode_mismatch_takes_nothing_back() {
         .is_empty());
     assert!(world.ledger.reversals.borrow().is_empty());
 }
+
+#[test]
+fn the_ops_lookup_shows_the_reversed_state_its_take_backs_and_the_reversals() {
+    use crate::ops::OpsCall;
+    const TOKEN: &str = "adm_0123456789abcdef0123456789abcdef";
+    let world = World::new(full_config_with(&[("ADMIN_TOKEN", TOKEN)]));
+    deliver(&world, &paid());
+    deliver(&world, &refund("evt_partial", false));
+    deliver(&world, &refund("evt_refund", true));
+    let authorization = format!("Bearer {TOKEN}");
+    let lookup = |path: &'static str, query: Option<&'static str>| {
+        let call = OpsCall {
+            method: "GET",
+            path,
+            query,
+            authorization: Some(&authorization),
+        };
+        let (answer, line) = block_on(crate::ops::handle(&world.deps(), call, NOW_MS));
+        let (reply, _) = crate::http::ops::respond(answer, line, 0);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body
+    };
+    let body = lookup("/admin/purchases/cs_1", None);
+    assert_eq!(body["purchase"]["state"], "refunded");
+    let steps = body["steps"].as_array().unwrap();
+    let step = |name: &str| steps.iter().find(|s| s["step"] == name).unwrap().clone();
+    assert_eq!(step("revoke_license")["state"], "done");
+    assert_eq!(step("cancel_shipment")["result"], "cancelled");
+    assert_eq!(step("license")["result"], "lic_1");
+    let kinds: Vec<&str> = body["reversals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["partial_refund", "refunded"]);
+    assert_eq!(body["reversals"][1]["takes_back_as"], "refunded");
+    assert_eq!(body["reversals"][1]["reference"], "pi_1");
+    let listed = lookup("/admin/purchases", Some("state=refunded"));
+    assert_eq!(listed["purchases"][0]["session_id"], "cs_1");
+    assert!(!body.to_string().contains("ada@example.com"));
+}

@@ -98,6 +98,11 @@ impl PurchaseState {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
+
+    /// Refunded, disputed or cancelled: money went back, what was done is taken back.
+    pub fn is_reversed(self) -> bool {
+        matches!(self, Self::Refunded | Self::Disputed | Self::Cancelled)
+    }
 }
 
 /// Where a step stands; stored in `steps.state`.

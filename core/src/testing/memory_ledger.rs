@@ -159,7 +159,7 @@ impl MemoryLedger {
         let state = first.takes_back_as.unwrap_or(PurchaseState::Refunded);
         let mut purchases = self.purchases.borrow_mut();
         if let Some(current) = purchases.get_mut(session_id) {
-            if !is_reversed(*current) {
+            if !current.is_reversed() {
                 *current = state;
                 drop(purchases);
                 self.touch(session_id, None, now_ms);
@@ -576,7 +576,7 @@ impl Ledger for MemoryLedger {
         let Some(current) = purchases.get_mut(session_id) else {
             return Ok(None);
         };
-        if is_reversed(*current) {
+        if current.is_reversed() {
             return Ok(Some(*current));
         }
         if !matches!(
@@ -594,14 +594,6 @@ impl Ledger for MemoryLedger {
         };
         Ok(Some(*current))
     }
-}
-
-/// Refunded, disputed or cancelled: a state only another reversal's order changes.
-fn is_reversed(state: PurchaseState) -> bool {
-    matches!(
-        state,
-        PurchaseState::Refunded | PurchaseState::Disputed | PurchaseState::Cancelled
-    )
 }
 
 /// The ops API's reads over the same maps, with the D1 adapter's row shapes (SQLite
