@@ -33,6 +33,32 @@ describe('stand-in services', { timeout: 60_000 }, () => {
   after(async () => { await s.stop(); });
   beforeEach(() => s.reset());
 
+  test('license revoke: strict body, unknown key 404, twice the same revoked_at', async () => {
+    const { json: { license_key } } = await call('/license/generate', { method: 'POST', body: { slug: 'pro' } });
+    assert.equal((await call('/license/revoke', { method: 'POST', body: { license_key, reason: 'x' } })).status, 400);
+    assert.equal((await call('/license/revoke', { method: 'POST', body: { license_key: 'nope' } })).json.error, 'license not found');
+    const first = await call('/license/revoke', { method: 'POST', body: { license_key } });
+    const second = await call('/license/revoke', { method: 'POST', body: { license_key } });
+    assert.equal(first.status, 200);
+    assert.equal(first.json.status, 'revoked');
+    assert.equal(second.json.revoked_at, first.json.revoked_at);
+    assert.equal(s.revocations().length, 1);
+  });
+
+  test('shipping cancel: 200 once per key, unknown order 404, shipped 422 already_shipped', async () => {
+    await call('/shipping/orders', { method: 'POST', body: { order_id: 'cs_a' } });
+    await call('/shipping/orders', { method: 'POST', body: { order_id: 'cs_b' } });
+    const body = { order_id: 'cs_a', shipment_id: 'shp_1', reason: 'refunded' };
+    const headers = { 'idempotency-key': 'k-a' };
+    assert.equal((await call('/shipping/orders/cs_a/cancel', { method: 'POST', body, headers })).status, 200);
+    assert.equal((await call('/shipping/orders/cs_a/cancel', { method: 'POST', body, headers })).status, 200);
+    assert.equal(s.cancellations().length, 1);
+    assert.equal((await call('/shipping/orders/cs_x/cancel', { method: 'POST', body })).status, 404);
+    s.markShipped('cs_b');
+    const late = await call('/shipping/orders/cs_b/cancel', { method: 'POST', body: { ...body, order_id: 'cs_b' } });
+    assert.deepEqual([late.status, late.json], [422, { error: 'already_shipped' }]);
+  });
+
   test('license: issues a key, records the call', async () => {
     const res = await call('/license/generate', { method: 'POST', body: { order: 'cs_1' }, headers: { 'X-Api-Key': 'k' } });
     assert.equal(res.status, 200);

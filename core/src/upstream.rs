@@ -86,8 +86,22 @@ pub async fn call(
     clock: &impl Clock,
     deadline: Deadline,
     service: Callee,
-    mut request: HttpRequest,
+    request: HttpRequest,
 ) -> Result<Vec<u8>, StepError> {
+    let response = exchange(upstream, clock, deadline, service, request).await?;
+    classify(service, response)
+}
+
+/// [`call`] without classifying the status: the answer as it came, for a step that
+/// reads a non-2xx body (the shipping system's `422 already_shipped`). Timeouts and
+/// network failures are retryable, as for [`call`].
+pub async fn exchange(
+    upstream: &impl Upstream,
+    clock: &impl Clock,
+    deadline: Deadline,
+    service: Callee,
+    mut request: HttpRequest,
+) -> Result<HttpResponse, StepError> {
     let name = service.as_str();
     let Some(timeout_ms) = deadline.timeout(clock.now_ms()) else {
         return Err(StepError::Retryable(format!(
@@ -100,7 +114,7 @@ pub async fn call(
             "{name} timed out after {timeout_ms} ms"
         ))),
         Err(TransportError::Network(_)) => Err(StepError::Retryable(format!("{name} unreachable"))),
-        Ok(response) => classify(service, response),
+        Ok(response) => Ok(response),
     }
 }
 
@@ -110,7 +124,8 @@ pub fn retryable_status(status: u16) -> bool {
     matches!(status, 409 | 429 | 500..=599)
 }
 
-fn classify(service: Callee, response: HttpResponse) -> Result<Vec<u8>, StepError> {
+/// The rule above, applied to one answer: its body when 2xx.
+pub fn classify(service: Callee, response: HttpResponse) -> Result<Vec<u8>, StepError> {
     let name = service.as_str();
     match response.status {
         200..=299 => Ok(response.body),

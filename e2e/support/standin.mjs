@@ -8,6 +8,10 @@
 //   POST /license/generate                              service "license"  -> {license_key}
 //   POST /shipping/orders                               service "shipping" -> {shipment_id}
 //   POST /email/emails                                  service "email"    -> {id} (Resend)
+//   POST /license/revoke                                service "license"  -> {valid, status, license_key, revoked_at}
+//        body exactly {"license_key"} (another field: 400), unknown key: 404, twice: same revoked_at
+//   POST /shipping/orders/:order_id/cancel              service "shipping" -> 200 {status: "cancelled"}
+//        unknown order: 404; markShipped(order_id): 422 {"error": "already_shipped"}; idempotent by key
 //   GET  /stripe/v1/checkout/sessions/:id/line_items    service "stripe"   -> Stripe list object
 //   GET  /stripe/v1/payment_intents/:id                 service "stripe"   -> the stored object
 //   POST /stripe/v1/checkout/sessions                   service "stripe"   -> a new Checkout Session
@@ -68,9 +72,12 @@ export async function startStandin() {
   const sockets = new Set();
   let licenses = [];
   let shipments = [];
-  let idempotency = { license: new Map(), shipping: new Map() };
   let emails = []; // e-mails Resend's stand-in actually sent: { id, idempotency_key, request, raw, at }
   let emailKeys = new Map(); // Idempotency-Key -> { raw, answer }
+  let revocations = []; // { license_key, revoked_at, at }: first revocations only
+  let cancellations = []; // { order_id, shipment_id, reason, idempotency_key, at }
+  let shipped = new Set(); // order ids whose parcel has left
+  let idempotency = { license: new Map(), shipping: new Map(), cancel: new Map() };
   let lineItems = new Map(); // sessionId -> { items, pageSize }
   let paymentIntents = new Map();
   let events = []; // Stripe event objects, newest first as GET /v1/events lists them
@@ -194,6 +201,15 @@ export async function startStandin() {
         return [200, shipment];
       });
     }
+    if (service === 'license' && p === '/license/revoke') {
+      if (method !== 'POST') return [405, { error: 'method not allowed' }];
+      return revoke(call);
+    }
+    const cancel = p.match(/^\/shipping\/orders\/([^/]+)\/cancel$/);
+    if (service === 'shipping' && cancel) {
+      if (method !== 'POST') return [405, { error: 'method not allowed' }];
+      return idempotent('cancel', call, () => cancelOrder(decodeURIComponent(cancel[1]), call));
+    }
     if (service === 'stripe') return stripe(method, u, call);
     if (service === 'email' && p === '/email/emails') {
       if (method !== 'POST') return [405, resendError(405, 'method_not_allowed', 'Method not allowed')];
@@ -225,6 +241,31 @@ export async function startStandin() {
     const answer = [200, { id }];
     if (key) emailKeys.set(key, { raw: call.raw, answer });
     return answer;
+  }
+
+  /** Like the Simple License Server's /revoke: strict body, naturally idempotent. */
+  function revoke(call) {
+    const body = call.body;
+    if (!body || typeof body !== 'object' || Array.isArray(body)) return [400, { error: 'invalid request body' }];
+    const extra = Object.keys(body).find((k) => k !== 'license_key');
+    if (extra) return [400, { error: `invalid request body: json: unknown field "${extra}"` }];
+    if (typeof body.license_key !== 'string') return [400, { error: 'license_key is required' }];
+    if (!licenses.some((l) => l.license_key === body.license_key)) return [404, { error: 'license not found' }];
+    let done = revocations.find((r) => r.license_key === body.license_key);
+    if (!done) {
+      done = { license_key: body.license_key, revoked_at: new Date(call.at).toISOString(), at: call.at };
+      revocations.push(done);
+    }
+    return [200, { valid: false, status: 'revoked', license_key: done.license_key, revoked_at: done.revoked_at }];
+  }
+
+  /** The cancel contract of README "Taking back". */
+  function cancelOrder(orderId, call) {
+    const order = shipments.find((s) => s.request?.order_id === orderId);
+    if (!order) return [404, { error: 'order not found' }];
+    if (shipped.has(orderId)) return [422, { error: 'already_shipped' }];
+    cancellations.push({ ...call.body, idempotency_key: call.headers['idempotency-key'] ?? null, at: call.at });
+    return [200, { status: 'cancelled', order_id: orderId }];
   }
 
   function idempotent(service, call, work) {
@@ -470,9 +511,12 @@ export async function startStandin() {
       for (const q of faults.values()) q.length = 0;
       licenses = [];
       shipments = [];
-      idempotency = { license: new Map(), shipping: new Map() };
       emails = [];
       emailKeys = new Map();
+      idempotency = { license: new Map(), shipping: new Map(), cancel: new Map() };
+      revocations = [];
+      cancellations = [];
+      shipped = new Set();
       lineItems = new Map();
       paymentIntents = new Map();
       events = [];
@@ -508,6 +552,12 @@ export async function startStandin() {
     shipmentsCreated: () => shipments.slice(),
     /** E-mails Resend's stand-in actually sent: [{id, idempotency_key, request, raw, at}]. */
     emailsSent: () => emails.slice(),
+    /** Licenses revoked (first revocations only): [{license_key, revoked_at, at}]. */
+    revocations: () => revocations.slice(),
+    /** Shipments cancelled (each cancelling call that did the work): [{order_id, shipment_id, reason, idempotency_key, at}]. */
+    cancellations: () => cancellations.slice(),
+    /** The parcel of this order has left: its cancel answers 422 already_shipped. */
+    markShipped(orderId) { shipped.add(orderId); },
     /** Calls recorded for one service. */
     callsTo: (service) => calls.filter((c) => c.service === service),
     // ---- Chaos (see the block above) ----

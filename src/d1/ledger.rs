@@ -3,8 +3,8 @@
 
 use serde::Deserialize;
 use stripe_edge_core::ports::ledger::{
-    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
-    StepState,
+    Claim, EventRecord, Ledger, LedgerError, PaymentRefs, PurchaseState, ReversalRecord,
+    Settlement, StepClaim, StepRow, StepState, TakeBackRule,
 };
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement};
@@ -20,7 +20,7 @@ impl D1Ledger {
         Self { db }
     }
 
-    fn statement(
+    pub(super) fn statement(
         &self,
         operation: &'static str,
         sql: &str,
@@ -231,14 +231,20 @@ impl Ledger for D1Ledger {
             .map(drop)
     }
 
-    async fn open_fulfilment(
+    async fn open_purchase(
         &self,
         session_id: &str,
         livemode: bool,
         event_id: &str,
         steps: &[&'static str],
+        refs: &PaymentRefs,
+        rules: &[TakeBackRule],
         now_ms: u64,
     ) -> Result<(), LedgerError> {
+        // The lazy backfill: ids are written where none is stored, never overwritten.
+        const REFS: &str = "UPDATE purchases SET payment_intent = COALESCE(payment_intent, ?2), \
+            subscription = COALESCE(subscription, ?3) WHERE session_id = ?1 \
+            AND ((payment_intent IS NULL AND ?2 IS NOT NULL) OR (subscription IS NULL AND ?3 IS NOT NULL))";
         const INSERT_STEP: &str =
             "INSERT INTO steps (session_id, step, event_id, state, attempts, created_at, updated_at) \
             VALUES (?1, ?2, ?4, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
@@ -254,7 +260,15 @@ impl Ledger for D1Ledger {
             int(now_ms as i64),
             text(r#"["awaiting_payment","payment_failed"]"#),
         ];
-        let mut batch = vec![self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?];
+        let refs_args = [
+            text(session_id),
+            opt_text(refs.payment_intent.as_deref()),
+            opt_text(refs.subscription.as_deref()),
+        ];
+        let mut batch = vec![
+            self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?,
+            self.statement("open_fulfilment", REFS, &refs_args)?,
+        ];
         for step in steps {
             let args = [
                 text(session_id),
@@ -264,6 +278,15 @@ impl Ledger for D1Ledger {
             ];
             batch.push(self.statement("open_fulfilment", INSERT_STEP, &args)?);
         }
+        // A reversal recorded before this purchase arrived (or while it was open):
+        // its steps are cancelled in this same transaction, before anyone can claim one.
+        batch.extend(self.apply_reversals(
+            "open_fulfilment",
+            Some(session_id),
+            None,
+            rules,
+            now_ms,
+        )?);
         // One batch is one transaction and one round trip; each statement is idempotent
         // on its own, so a retry after a partial failure is safe too.
         let results = self
@@ -280,6 +303,19 @@ impl Ledger for D1Ledger {
         }
     }
 
+    async fn record_reversal(
+        &self,
+        record: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.record(record, rules, now_ms).await
+    }
+
+    async fn reversals_of(&self, session_id: &str) -> Result<Vec<ReversalRecord>, LedgerError> {
+        self.reversals(session_id).await
+    }
+
     async fn claim_step(
         &self,
         session_id: &str,
@@ -289,7 +325,9 @@ impl Ledger for D1Ledger {
     ) -> Result<Option<StepClaim>, LedgerError> {
         const SQL: &str = "UPDATE steps SET state = 'running', attempts = attempts + 1, lease_until = ?3, updated_at = ?4 \
             WHERE session_id = ?1 AND step = ?2 \
-            AND (state = 'pending' OR (state = 'running' AND lease_until <= ?4)) \
+            AND ((state = 'pending' AND (direction = 'reverse' OR NOT EXISTS \
+                   (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1))) \
+                 OR (state = 'running' AND lease_until <= ?4)) \
             RETURNING attempts, event_id";
         let args = [
             text(session_id),
@@ -324,7 +362,8 @@ impl Ledger for D1Ledger {
 
     async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
         const STEPS: &str = "UPDATE steps SET state = 'pending', updated_at = ?2 \
-            WHERE session_id = ?1 AND state = 'failed'";
+            WHERE session_id = ?1 AND state = 'failed' AND NOT (direction = 'forward' AND EXISTS \
+              (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1))";
         const PURCHASE: &str = "UPDATE purchases SET state = 'fulfilling', updated_at = ?2 \
             WHERE session_id = ?1 AND state = 'failed'";
         let args = [text(session_id), int(now_ms as i64)];
@@ -451,7 +490,10 @@ impl Ledger for D1Ledger {
     ) -> Result<bool, LedgerError> {
         const DONE: &str = "UPDATE steps SET state = 'done', result = ?5, last_error = NULL, lease_until = NULL, updated_at = ?4 \
             WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
-        const RELEASE: &str = "UPDATE steps SET state = 'pending', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+        // Released after a reversal was recorded: a forward step never runs again.
+        const RELEASE: &str = "UPDATE steps SET state = CASE WHEN direction = 'forward' AND EXISTS \
+              (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1) THEN 'cancelled' ELSE 'pending' END, \
+            last_error = ?5, lease_until = NULL, updated_at = ?4 \
             WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
         const FAIL: &str = "UPDATE steps SET state = 'failed', last_error = ?5, lease_until = NULL, updated_at = ?4 \
             WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
@@ -476,10 +518,11 @@ impl Ledger for D1Ledger {
         now_ms: u64,
     ) -> Result<Option<PurchaseState>, LedgerError> {
         const SQL: &str = "UPDATE purchases SET updated_at = ?2, state = CASE \
+              WHEN state IN ('refunded', 'disputed', 'cancelled') THEN state \
               WHEN EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state = 'failed') THEN 'failed' \
               WHEN NOT EXISTS (SELECT 1 FROM steps WHERE session_id = ?1 AND state <> 'done') THEN 'fulfilled' \
               ELSE 'fulfilling' END \
-            WHERE session_id = ?1 AND state IN ('fulfilling', 'failed', 'fulfilled') \
+            WHERE session_id = ?1 AND state IN ('fulfilling', 'failed', 'fulfilled', 'refunded', 'disputed', 'cancelled') \
             RETURNING state";
         let row: Option<StateOnly> = self
             .first(

@@ -8,6 +8,7 @@ use worker::wasm_bindgen::JsValue;
 pub mod ledger;
 pub mod ops_store;
 pub mod orders;
+mod reversal;
 pub mod throttle;
 
 pub use ledger::D1Ledger;

@@ -75,6 +75,10 @@ pub fn letter(license: Option<&StepRow>) -> Result<Letter, StepError> {
         (StepState::Pending | StepState::Running, _) => {
             Err(StepError::Retryable("waiting for the license step".into()))
         }
+        // The money went back before the license was made: nothing to send.
+        (StepState::Cancelled, _) => Err(StepError::Permanent(
+            "no license to send: the license step was cancelled".into(),
+        )),
     }
 }
 

@@ -7,14 +7,20 @@
 //! over cannot overwrite the new holder. A step someone else holds stops the run: the
 //! holder carries the purchase on, and this delivery is told to come back (409).
 
+pub mod cancel_shipment;
 pub mod email;
 pub mod license;
 pub mod plan;
+pub mod reversal;
+pub mod revoke;
 pub mod shipping;
 
 use crate::fulfilment::plan::{Purchase, Step};
+use crate::fulfilment::reversal::TakeBack;
 use crate::log::Line;
-use crate::ports::ledger::{Ledger, LedgerError, PurchaseState, Settlement, StepState};
+use crate::ports::ledger::{
+    Ledger, LedgerError, PaymentRefs, PurchaseState, Settlement, StepRow, StepState,
+};
 use crate::ports::Enqueue;
 use crate::ports::Sink;
 use crate::ports::{Clock, Upstream};
@@ -92,6 +98,16 @@ pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             .finish_purchase(session_id, deps.clock.now_ms())
             .await?
     };
+    // A reversal was recorded for this purchase (before it was opened, or while a step
+    // ran): take back what was done. Read after the forward steps settled, so a
+    // reversal that found one of them running (and answered 409) is carried on here;
+    // one recorded later sees them done and takes back itself. No extra read for the
+    // purchase that has none.
+    if state.is_some_and(PurchaseState::is_reversed) {
+        let (back, took) = take_back_steps(deps, session_id, deadline).await?;
+        ran |= took;
+        outcomes.extend(back);
+    }
     Ok(Report {
         outcome: aggregate(&outcomes),
         ran,
@@ -157,7 +173,9 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
 }
 
 /// Records the purchase and its steps (idempotently: every event and redelivery may),
-/// and returns the steps to run. The e-mail step joins only a purchase opened while
+/// and returns the steps to run, with its payment ids; a reversal already recorded
+/// against them is applied in the same transaction, so a purchase whose refund came
+/// first never runs a step. The e-mail step joins only a purchase opened while
 /// `RESEND_API_KEY` was set: a purchase the ledger already holds without it (opened
 /// before the key was set) never gets an e-mail from a later event or redelivery.
 pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
@@ -175,12 +193,19 @@ pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
         }
     }
     let names: Vec<&'static str> = steps.iter().map(|s| s.name()).collect();
+    let session = &purchase.session;
+    let refs = PaymentRefs {
+        payment_intent: session.payment_intent.as_ref().map(|p| p.id().to_string()),
+        subscription: session.subscription.as_ref().map(|s| s.id().to_string()),
+    };
     deps.ledger
-        .open_fulfilment(
+        .open_purchase(
             session_id,
             purchase.livemode,
             &purchase.event_id,
             &names,
+            &refs,
+            &reversal::rules(),
             deps.clock.now_ms(),
         )
         .await?;
@@ -275,6 +300,8 @@ async fn observe<L: Ledger, U, C, S: Sink>(
     let outcome = match row.map(|r| r.state) {
         Some(StepState::Done) => StepOutcome::Done,
         Some(StepState::Failed) => StepOutcome::Failed,
+        // Never started, and never will: a reversal was recorded first.
+        Some(StepState::Cancelled) => StepOutcome::Done,
         Some(StepState::Running | StepState::Pending) => StepOutcome::Busy,
         None => StepOutcome::Retry,
     };
@@ -301,5 +328,207 @@ async fn execute<L: Ledger, U: Upstream, C: Clock, S>(
     }
 }
 
+/// Runs the take-back steps of a purchase a reversal was just recorded for (the
+/// webhook of the refund, dispute or ended subscription), then derives its state.
+pub async fn take_back<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    started_ms: u64,
+) -> Result<Report, LedgerError> {
+    let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
+    let (outcomes, ran) = take_back_steps(deps, session_id, deadline).await?;
+    let state = deps
+        .ledger
+        .finish_purchase(session_id, deps.clock.now_ms())
+        .await?;
+    Ok(Report {
+        outcome: aggregate(&outcomes),
+        ran,
+        state,
+    })
+}
+
+/// Runs every take-back step of the purchase that is not finished; returns their
+/// outcomes and whether this run claimed any.
+async fn take_back_steps<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    deadline: Deadline,
+) -> Result<(Vec<StepOutcome>, bool), LedgerError> {
+    let rows = deps.ledger.steps_of(session_id).await?;
+    let mut outcomes = Vec::new();
+    let mut ran = false;
+    for take in TakeBack::ALL {
+        let Some(row) = rows.iter().find(|r| r.step == take.name()) else {
+            continue;
+        };
+        let (outcome, claimed) = match row.state {
+            StepState::Done | StepState::Cancelled => (StepOutcome::Done, false),
+            StepState::Failed => (StepOutcome::Failed, false),
+            StepState::Pending | StepState::Running => {
+                run_take_back(deps, session_id, take, &rows, deadline).await?
+            }
+        };
+        ran |= claimed;
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, ran))
+}
+
+/// What a take-back step has to undo, from its forward step's row.
+enum Target {
+    /// The forward step's result (license key, shipment id).
+    Undo(String),
+    /// Nothing was made: done without a call, with this result.
+    Nothing(&'static str),
+    /// The forward step is still running: its holder finishes it, then takes it back.
+    Wait,
+}
+
+fn target(take: TakeBack, forward: Option<&StepRow>) -> Target {
+    let Some(row) = forward else {
+        return Target::Nothing("none:not_fulfilled");
+    };
+    match (row.state, row.result.as_deref()) {
+        (StepState::Pending | StepState::Running, _) => Target::Wait,
+        (StepState::Done, Some(shipping::NOTHING_TO_SHIP)) if take == TakeBack::CancelShipment => {
+            Target::Nothing("none:nothing_shipped")
+        }
+        (StepState::Done, Some(result)) => Target::Undo(result.to_string()),
+        _ => Target::Nothing("none:not_fulfilled"),
+    }
+}
+
+/// One take-back step, with the forward steps' claim → call → settle: never before
+/// its forward step is done (a running one is waited for), never twice.
+async fn run_take_back<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    take: TakeBack,
+    rows: &[StepRow],
+    deadline: Deadline,
+) -> Result<(StepOutcome, bool), LedgerError> {
+    let forward_name = take.forward().name();
+    // Read again: the forward step may have finished since `rows` was read.
+    let forward = deps.ledger.step(session_id, forward_name).await?;
+    let forward = forward.or_else(|| rows.iter().find(|r| r.step == forward_name).cloned());
+    let target = target(take, forward.as_ref());
+    if matches!(target, Target::Wait) {
+        Line::info("step busy")
+            .id("session_id", session_id)
+            .id("step", take.name())
+            .emit(deps.log);
+        return Ok((StepOutcome::Busy, false));
+    }
+    let now = deps.clock.now_ms();
+    let Some(claim) = deps
+        .ledger
+        .claim_step(session_id, take.name(), now, now + LEASE_MS)
+        .await?
+    else {
+        let row = deps.ledger.step(session_id, take.name()).await?;
+        let outcome = match row.map(|r| r.state) {
+            Some(StepState::Done | StepState::Cancelled) => StepOutcome::Done,
+            Some(StepState::Failed) => StepOutcome::Failed,
+            Some(_) => StepOutcome::Busy,
+            None => StepOutcome::Retry,
+        };
+        return Ok((outcome, false));
+    };
+    let result = match target {
+        Target::Undo(made) => execute_take_back(deps, session_id, take, &made, deadline).await,
+        Target::Nothing(result) => {
+            let unknown = forward
+                .as_ref()
+                .is_some_and(|r| r.state == StepState::Cancelled && r.attempts > 0);
+            if unknown {
+                // It was tried, then released after the reversal: what the service
+                // made, if anything, is unknown. Ops check it by its metadata.
+                Line::alert("take-back: forward step outcome unknown")
+                    .id("session_id", session_id)
+                    .id("step", forward_name)
+                    .emit(deps.log);
+            }
+            Ok(result.to_string())
+        }
+        Target::Wait => unreachable!("handled above"),
+    };
+    let settlement = match &result {
+        Ok(id) => Settlement::Done(id.clone()),
+        Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
+        Err(e) => Settlement::Release(e.message()),
+    };
+    let end = deps.clock.now_ms();
+    let settled = deps
+        .ledger
+        .settle_step(session_id, take.name(), claim.attempt, &settlement, end)
+        .await?;
+    let (head, outcome) = match (&result, settled) {
+        (_, false) => (Line::warn("step lease lost"), StepOutcome::Busy),
+        (Ok(r), true) if r == cancel_shipment::SHIPPED_BEFORE_CANCEL => (
+            Line::warn("shipment already shipped: a return is needed"),
+            StepOutcome::Done,
+        ),
+        (Ok(_), true) => (Line::info("step done"), StepOutcome::Done),
+        (Err(StepError::NotConfigured(setting)), true) => (
+            Line::error("step not configured").id("setting", setting),
+            StepOutcome::Retry,
+        ),
+        (Err(e), true) if e.is_permanent() => (
+            Line::alert("take-back failed permanently").text("reason", &e.message()),
+            StepOutcome::Failed,
+        ),
+        (Err(e), true) => (
+            Line::warn("step will be retried").text("reason", &e.message()),
+            StepOutcome::Retry,
+        ),
+    };
+    head.id("session_id", session_id)
+        .id("event_id", &claim.event_id)
+        .id("step", take.name())
+        .num("attempt", u64::from(claim.attempt))
+        .num("duration_ms", end.saturating_sub(now))
+        .emit(deps.log);
+    Ok((outcome, true))
+}
+
+async fn execute_take_back<L: Ledger, U: Upstream, C: Clock, S>(
+    deps: &Deps<'_, L, U, C, S>,
+    session_id: &str,
+    take: TakeBack,
+    made: &str,
+    deadline: Deadline,
+) -> Result<String, StepError> {
+    let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
+    match take {
+        TakeBack::RevokeLicense => revoke::run(made, config, upstream, clock, deadline).await,
+        TakeBack::CancelShipment => {
+            let reversals = deps
+                .ledger
+                .reversals_of(session_id)
+                .await
+                .map_err(|e| StepError::Retryable(format!("ledger {} failed", e.operation)))?;
+            let state = reversals
+                .iter()
+                .filter_map(|r| r.takes_back_as)
+                .find(|s| take.on().contains(s))
+                .unwrap_or(PurchaseState::Refunded);
+            let reason = reversal::cancel_reason(state);
+            cancel_shipment::run(
+                session_id,
+                Some(made),
+                reason,
+                config,
+                upstream,
+                clock,
+                deadline,
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod reversal_tests;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,18 @@ pub enum Disposition {
     Ignored,
     /// `livemode` differs from `STRIPE_LIVEMODE`: never fulfilled.
     LivemodeMismatch,
+    /// `charge.refunded`, fully refunded: take back (see `fulfilment::reversal`).
+    Refunded,
+    /// `charge.refunded`, partly refunded: recorded, nothing taken back.
+    PartialRefund,
+    /// `charge.dispute.created`: take back.
+    Disputed,
+    /// `charge.dispute.created` with `REVOKE_ON_DISPUTE=false`: recorded only.
+    DisputeRecorded,
+    /// `charge.dispute.closed`: its outcome recorded (a revoked key stays revoked).
+    DisputeClosed,
+    /// `customer.subscription.deleted`: revoke the license of its purchase.
+    SubscriptionEnded,
 }
 
 impl Disposition {
@@ -26,6 +38,12 @@ impl Disposition {
             Self::PaymentFailed => "payment_failed",
             Self::Ignored => "ignored",
             Self::LivemodeMismatch => "livemode_mismatch",
+            Self::Refunded => "refunded",
+            Self::PartialRefund => "partial_refund",
+            Self::Disputed => "disputed",
+            Self::DisputeRecorded => "dispute_recorded",
+            Self::DisputeClosed => "dispute_closed",
+            Self::SubscriptionEnded => "subscription_ended",
         }
     }
 }
@@ -33,6 +51,10 @@ impl Disposition {
 pub const COMPLETED: &str = "checkout.session.completed";
 pub const ASYNC_SUCCEEDED: &str = "checkout.session.async_payment_succeeded";
 pub const ASYNC_FAILED: &str = "checkout.session.async_payment_failed";
+pub const CHARGE_REFUNDED: &str = "charge.refunded";
+pub const DISPUTE_CREATED: &str = "charge.dispute.created";
+pub const DISPUTE_CLOSED: &str = "charge.dispute.closed";
+pub const SUBSCRIPTION_DELETED: &str = "customer.subscription.deleted";
 
 /// Decides what to do with an event. `session` is the decoded Checkout Session for
 /// the three checkout types this Worker acts on.

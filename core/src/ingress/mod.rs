@@ -3,9 +3,12 @@
 //! turns the [`Decision`] into a response ([`crate::http::webhook`]) and a log line.
 
 use crate::fulfilment::plan::{self, Disposition, Purchase};
-use crate::fulfilment::{self, Deps, RunOutcome};
+use crate::fulfilment::reversal::{self, Reversal};
+use crate::fulfilment::{self, Deps, Report, RunOutcome};
 use crate::log::Line;
-use crate::ports::ledger::{Claim, EventRecord, Ledger, LedgerError, PurchaseState, StepState};
+use crate::ports::ledger::{
+    Claim, EventRecord, Ledger, LedgerError, PurchaseState, ReversalRecord, StepState,
+};
 use crate::ports::Sink;
 use crate::ports::{Clock, Upstream};
 use crate::ports::{Enqueue, FulfilMessage};
@@ -200,11 +203,22 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     // An unreadable STRIPE_LIVEMODE says nothing about which money is ours: fulfil
     // nothing and record nothing, and answer 503 so Stripe keeps the event until the
     // setting is fixed (a 2xx would lose it).
-    if session.is_some() && config.livemode_is_invalid() {
+    let money_back = if reversal::is_reversal_type(&event.kind) {
+        reversal::read(&event, config)
+    } else {
+        None
+    };
+    if (session.is_some() || money_back.is_some()) && config.livemode_is_invalid() {
         decision.verdict = Verdict::Refused(Refusal::LivemodeInvalid);
         return decision;
     }
-    let disposition = plan::disposition(&event, session.as_ref(), config.livemode);
+    let disposition = match &money_back {
+        Some(_) if config.livemode.is_some_and(|l| l != event.livemode) => {
+            Disposition::LivemodeMismatch
+        }
+        Some(r) => r.disposition,
+        None => plan::disposition(&event, session.as_ref(), config.livemode),
+    };
     decision.disposition = Some(disposition);
     let claim = match deps
         .ledger
@@ -223,6 +237,14 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     }
     if claim == Claim::Seen && seen == Seen::Skip {
         decision.verdict = Verdict::Recorded(Status::Duplicate);
+        return decision;
+    }
+    if let (Some(money_back), false) = (&money_back, disposition == Disposition::LivemodeMismatch) {
+        decision.verdict =
+            match reverse(deps, &event, money_back, claim, started_ms, &mut decision).await {
+                Ok(verdict) => verdict,
+                Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+            };
         return decision;
     }
     decision.verdict = match act(
@@ -275,6 +297,13 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let now = deps.clock.now_ms();
     match disposition {
         Disposition::Ignored => Ok(status(Status::Ignored)),
+        // Read and acted on by `reverse` before this point; a session never has these.
+        Disposition::Refunded
+        | Disposition::PartialRefund
+        | Disposition::Disputed
+        | Disposition::DisputeRecorded
+        | Disposition::DisputeClosed
+        | Disposition::SubscriptionEnded => Ok(status(Status::Ignored)),
         Disposition::LivemodeMismatch => {
             Line::error("livemode mismatch: not fulfilled")
                 .id("event_id", &event.id)
@@ -316,6 +345,93 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             })
         }
     }
+}
+
+/// A money-back event: record it against its PaymentIntent or Subscription (the
+/// ledger applies it to the purchase in the same transaction, or keeps it for when the
+/// purchase arrives), then take back: inline, the take-back steps run now; in queue
+/// mode, a message per purchase. A redelivery does the same and finds the steps done.
+async fn reverse<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    event: &Event<'_>,
+    money_back: &Reversal,
+    claim: Claim,
+    started_ms: u64,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    let seen = claim == Claim::Seen;
+    let now = deps.clock.now_ms();
+    let takes_back_as = reversal::takes_back_as(money_back.disposition);
+    let record = ReversalRecord {
+        event_id: event.id.clone(),
+        reference: money_back.reference.clone(),
+        kind: money_back.disposition.as_str().to_string(),
+        takes_back_as,
+        detail: money_back.detail.clone(),
+        created_at_ms: now,
+    };
+    let sessions = deps
+        .ledger
+        .record_reversal(&record, &reversal::rules(), now)
+        .await?;
+    let head = match (takes_back_as, sessions.is_empty()) {
+        (Some(_), false) => Line::info("reversal recorded: taking back"),
+        (Some(_), true) => Line::info("reversal recorded for a purchase not known yet"),
+        (None, _) => match money_back.disposition {
+            Disposition::PartialRefund => Line::info("partial refund recorded: nothing taken back"),
+            Disposition::DisputeClosed => {
+                Line::info("dispute closed: outcome recorded (a revoked license stays revoked)")
+            }
+            _ => Line::info("dispute recorded: nothing taken back (REVOKE_ON_DISPUTE=false)"),
+        },
+    };
+    head.id("event_id", &event.id)
+        .id("reference", &money_back.reference)
+        .label("disposition", money_back.disposition.as_str())
+        .opt_id("detail", money_back.detail.as_deref())
+        .num("purchases", sessions.len() as u64)
+        .emit(deps.log);
+    let first = |status: Status| Verdict::Recorded(if seen { Status::Duplicate } else { status });
+    if takes_back_as.is_none() || sessions.is_empty() {
+        return Ok(first(Status::Accepted));
+    }
+    if let Some(queue) = deps.queue {
+        for session_id in &sessions {
+            let message = FulfilMessage {
+                session_id: session_id.clone(),
+                event_id: event.id.clone(),
+            };
+            if let Err(detail) = queue.enqueue(&message).await {
+                Line::error("fulfilment queue send failed")
+                    .id("session_id", session_id)
+                    .text("detail", &detail)
+                    .emit(deps.log);
+                return Ok(Verdict::Refused(Refusal::QueueUnavailable));
+            }
+        }
+        decision.purchase_state = takes_back_as;
+        return Ok(first(Status::Accepted));
+    }
+    let mut reports: Vec<Report> = Vec::new();
+    for session_id in &sessions {
+        reports.push(fulfilment::take_back(deps, session_id, started_ms).await?);
+    }
+    decision.purchase_state = reports.first().and_then(|r| r.state);
+    let ran = reports.iter().any(|r| r.ran);
+    let has = |o| reports.iter().any(|r| r.outcome == o);
+    Ok(if has(RunOutcome::Busy) {
+        Verdict::Refused(Refusal::Busy)
+    } else if has(RunOutcome::Retry) {
+        Verdict::Refused(Refusal::Retry)
+    } else if seen && !ran {
+        Verdict::Recorded(Status::Duplicate)
+    } else if has(RunOutcome::Failed) {
+        // A take-back that failed for good is the ledger's and the alert's to show;
+        // Stripe's redelivery could not change it.
+        Verdict::Recorded(Status::Failed)
+    } else {
+        Verdict::Recorded(Status::Accepted)
+    })
 }
 
 /// Queue mode: record the purchase and its pending steps, send one message while any

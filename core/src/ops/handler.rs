@@ -154,7 +154,22 @@ async fn purchase<L: Ledger + OpsStore>(ledger: &L, id: &str) -> Result<OpsAnswe
     };
     let mapping = ledger.mapping(id).await?.unwrap_or(Value::Null);
     let events = ledger.events_of(id).await?;
+    // Refunds, disputes and ended subscriptions recorded against its payment ids,
+    // including those that take nothing back (a partial refund, a dispute's outcome).
+    let reversals: Vec<Value> = ledger
+        .reversals_of(id)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "event_id": r.event_id, "reference": r.reference, "kind": r.kind,
+                "takes_back_as": r.takes_back_as.map(|s| s.as_str()),
+                "detail": r.detail, "created_at": r.created_at_ms,
+            })
+        })
+        .collect();
     Ok(OpsAnswer::Found(json!({
+        "reversals": reversals,
         "purchase": purchase,
         "license_key": mapping["license_key"],
         "shipment_id": mapping["shipment_id"],

@@ -113,12 +113,20 @@ fn produced(record: &OrderRecord, step: Step) -> Option<(StepState, Option<Strin
 
 /// The projection of a ledger record onto the answer: which keys exist is decided here.
 pub fn view(record: &OrderRecord) -> OrderView {
-    let license_key = produced(record, Step::License).and_then(|(_, key)| key);
+    // A license taken back (refund, dispute, ended subscription) is not handed out.
+    let reversed = matches!(
+        record.state,
+        PurchaseState::Refunded | PurchaseState::Disputed | PurchaseState::Cancelled
+    );
+    let license_key = produced(record, Step::License)
+        .and_then(|(_, key)| key)
+        .filter(|_| !reversed);
     let shipment = produced(record, Step::Shipping).map(|(state, id)| ShipmentView {
         state: match state {
             StepState::Pending | StepState::Running => "pending",
             StepState::Done => "done",
             StepState::Failed => "failed",
+            StepState::Cancelled => "cancelled",
         },
         id,
     });

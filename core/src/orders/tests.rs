@@ -649,3 +649,31 @@ fn an_unavailable_ledger_is_a_503_and_stripe_is_not_asked() {
     assert_eq!(for_decision(&decision).status, 503);
     assert!(world.upstream.calls.borrow().is_empty());
 }
+
+#[test]
+fn a_license_taken_back_is_no_longer_handed_out_by_the_page() {
+    use crate::orders::view;
+    use crate::ports::ledger::{PurchaseState, StepState};
+    use crate::ports::orders::{OrderRecord, OrderStep};
+    let record = |state| OrderRecord {
+        state,
+        steps: vec![OrderStep {
+            step: "license".into(),
+            state: StepState::Done,
+            result: Some("LIC-1".into()),
+        }],
+    };
+    assert_eq!(
+        view(&record(PurchaseState::Fulfilled))
+            .license_key
+            .as_deref(),
+        Some("LIC-1")
+    );
+    for state in [
+        PurchaseState::Refunded,
+        PurchaseState::Disputed,
+        PurchaseState::Cancelled,
+    ] {
+        assert_eq!(view(&record(state)).license_key, None, "{state:?}");
+    }
+}

@@ -60,16 +60,25 @@ pub enum PurchaseState {
     Fulfilled,
     Failed,
     NothingToFulfil,
+    /// Fully refunded: what was fulfilled is taken back (see `fulfilment::reversal`).
+    Refunded,
+    /// Charged back (a dispute was opened): taken back unless `REVOKE_ON_DISPUTE=false`.
+    Disputed,
+    /// Its subscription ended: the license is revoked.
+    Cancelled,
 }
 
 impl PurchaseState {
-    pub const ALL: [PurchaseState; 6] = [
+    pub const ALL: [PurchaseState; 9] = [
         Self::AwaitingPayment,
         Self::PaymentFailed,
         Self::Fulfilling,
         Self::Fulfilled,
         Self::Failed,
         Self::NothingToFulfil,
+        Self::Refunded,
+        Self::Disputed,
+        Self::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,11 +89,19 @@ impl PurchaseState {
             Self::Fulfilled => "fulfilled",
             Self::Failed => "failed",
             Self::NothingToFulfil => "nothing_to_fulfil",
+            Self::Refunded => "refunded",
+            Self::Disputed => "disputed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Refunded, disputed or cancelled: money went back, what was done is taken back.
+    pub fn is_reversed(self) -> bool {
+        matches!(self, Self::Refunded | Self::Disputed | Self::Cancelled)
     }
 }
 
@@ -95,6 +112,8 @@ pub enum StepState {
     Running,
     Done,
     Failed,
+    /// Not started when a reversal was recorded: never runs.
+    Cancelled,
 }
 
 impl StepState {
@@ -104,13 +123,20 @@ impl StepState {
             Self::Running => "running",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Running, Self::Done, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Done,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -148,6 +174,40 @@ pub enum Settlement {
     Fail(String),
 }
 
+/// The ids a purchase is found by from later events (`charge.*`, `charge.dispute.*`,
+/// `customer.subscription.*`): ids only, from its Checkout Session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentRefs {
+    pub payment_intent: Option<String>,
+    pub subscription: Option<String>,
+}
+
+/// A money-back event as the ledger keeps it (table `reversals`): recorded against the
+/// PaymentIntent or Subscription, whether or not its purchase is known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalRecord {
+    pub event_id: String,
+    /// `pi_…` or `sub_…`.
+    pub reference: String,
+    /// The event's disposition (`refunded`, `partial_refund`, `dispute_closed`, …).
+    pub kind: String,
+    /// The state the purchase takes when this reversal takes things back; `None` when
+    /// it is only recorded (a partial refund, a dispute outcome, …).
+    pub takes_back_as: Option<PurchaseState>,
+    /// A short id-like detail (a dispute's status); never customer data.
+    pub detail: Option<String>,
+    pub created_at_ms: u64,
+}
+
+/// Which step takes back which: when a reversal whose state is in `on` is recorded
+/// for a purchase whose `forward` step is running or done, the `reverse` step is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeBackRule {
+    pub forward: &'static str,
+    pub reverse: &'static str,
+    pub on: &'static [PurchaseState],
+}
+
 #[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
 pub trait Ledger {
     /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`);
@@ -174,7 +234,8 @@ pub trait Ledger {
 
     /// Opens a paid purchase with its steps, each inserted unless present, so every
     /// event about the session and every redelivery may call it. With no steps the
-    /// purchase is recorded as nothing to fulfil.
+    /// purchase is recorded as nothing to fulfil. Without payment ids or take-back
+    /// rules: the engine calls [`Ledger::open_purchase`].
     async fn open_fulfilment(
         &self,
         session_id: &str,
@@ -182,10 +243,48 @@ pub trait Ledger {
         event_id: &str,
         steps: &[&'static str],
         now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let refs = PaymentRefs::default();
+        self.open_purchase(session_id, livemode, event_id, steps, &refs, &[], now_ms)
+            .await
+    }
+
+    /// [`Ledger::open_fulfilment`], and in the same transaction: keeps the purchase's
+    /// payment ids (only where none is stored yet: the lazy backfill), and applies any
+    /// reversal recorded against them (see [`Ledger::record_reversal`]), so a purchase
+    /// that arrives after its refund never runs a step.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_purchase(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        refs: &PaymentRefs,
+        rules: &[TakeBackRule],
+        now_ms: u64,
     ) -> Result<(), LedgerError>;
 
+    /// Records a reversal (once per event id) and, in the same transaction, applies
+    /// every reversal that takes back to each purchase found by its reference: forward
+    /// steps not started (pending, or failed) become cancelled; a `reverse` step is added
+    /// for each rule whose `forward` step is running or done; the purchase takes the
+    /// state of its first such reversal. Returns the sessions found (none: recorded
+    /// against the reference until the purchase arrives).
+    async fn record_reversal(
+        &self,
+        record: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError>;
+
+    /// The reversals recorded against a purchase's payment ids, oldest first.
+    async fn reversals_of(&self, session_id: &str) -> Result<Vec<ReversalRecord>, LedgerError>;
+
     /// Takes a step that is pending, or running with a lease that has run out; `None`
-    /// when the step is not claimable.
+    /// when the step is not claimable. A forward step of a purchase with a reversal
+    /// that takes back is never taken from pending (a step already running is: it
+    /// finishes, and is then taken back).
     async fn claim_step(
         &self,
         session_id: &str,

@@ -17,6 +17,7 @@ use self::catalogue::Catalogue;
 use self::registry::Setting;
 use crate::relay::RelaySigner;
 
+pub use self::registry::REVOKE_ON_DISPUTE;
 pub use self::registry::{
     ADMIN_TOKEN, ALLOWED_ORIGINS, APP_URL, CHECKOUT_CODE_ATTEMPTS, CHECKOUT_CODE_WINDOW_SECS,
     DEAD_LETTER_QUEUE, FORWARD_SIGNING_SECRET, FULFILLMENT_MAX_ATTEMPTS, LICENSE_SERVER_API_KEY,
@@ -133,6 +134,8 @@ pub struct Config {
     pub checkout: CheckoutSettings,
     /// The e-mail step (Resend); optional.
     pub email: EmailSettings,
+    /// `REVOKE_ON_DISPUTE`: a new dispute takes back (default) or is only recorded.
+    pub revoke_on_dispute: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -217,7 +220,20 @@ impl Config {
         let retry_base_secs = number(&registry::RETRY_BASE, &get, &mut problems) as u32;
         let checkout = checkout_settings(&get, &mut problems);
         let email = email_settings(&get, &mut problems);
+        let revoke_on_dispute = match get(REVOKE_ON_DISPUTE).as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(_) => {
+                invalid(
+                    &mut problems,
+                    REVOKE_ON_DISPUTE,
+                    "must be true or false (true used)",
+                );
+                true
+            }
+        };
         Config {
+            revoke_on_dispute,
             checkout,
             email,
             retry_base_secs,

@@ -361,6 +361,15 @@ pub const SESSION_WINDOW: Setting = whole(
     (10, 86_400),
     "Length of the session window, in seconds.",
 );
+pub const REVOKE_ON_DISPUTE: &str = "REVOKE_ON_DISPUTE";
+pub const DISPUTE_POLICY: Setting = Setting {
+    default: Some("true"),
+    ..plain(
+        REVOKE_ON_DISPUTE,
+        Feature::Fulfilment,
+        "true or false: whether a new dispute (chargeback) revokes the license and cancels the shipment (false: only recorded).",
+    )
+};
 
 pub const SETTINGS: &[Setting] = &[
     WEBHOOK_SECRET,
@@ -397,6 +406,7 @@ pub const SETTINGS: &[Setting] = &[
     LOOKUP_WINDOW,
     SESSION_ATTEMPTS,
     SESSION_WINDOW,
+    DISPUTE_POLICY,
 ];
 
 // The compiler holds the table consistent: every number setting has a whole-number

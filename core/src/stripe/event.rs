@@ -160,6 +160,12 @@ impl Event<'_> {
         self.kind.starts_with("checkout.session.")
     }
 
+    /// Decodes `data.object` as `T` (the money-back objects of
+    /// [`crate::stripe::reversal_object`]); `None` when it does not fit.
+    pub fn object_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.object?.get()).ok()
+    }
+
     /// Decodes `data.object` as a Checkout Session.
     pub fn checkout_session(&self) -> Result<CheckoutSession, EventError> {
         let raw = self.object.ok_or(EventError::BadSession)?;
@@ -210,6 +216,8 @@ pub struct CheckoutSession {
     /// API versions before 2025-03-31.
     pub shipping_details: Option<ShippingDetails>,
     pub payment_intent: Option<Expandable>,
+    /// Subscription mode: the Subscription the session created.
+    pub subscription: Option<Expandable>,
     pub amount_total: Option<i64>,
     pub currency: Option<String>,
 }

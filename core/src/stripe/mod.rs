@@ -6,4 +6,5 @@ pub mod api;
 pub mod checkout_api;
 pub mod error;
 pub mod event;
+pub mod reversal_object;
 pub mod signature;

@@ -2,13 +2,13 @@
 //! for native tests of the webhook handler and the fulfilment engine.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
 use crate::ports::ledger::{
-    Claim, EventRecord, Ledger, LedgerError, PurchaseState, Settlement, StepClaim, StepRow,
-    StepState,
+    Claim, EventRecord, Ledger, LedgerError, PaymentRefs, PurchaseState, ReversalRecord,
+    Settlement, StepClaim, StepRow, StepState, TakeBackRule,
 };
 use crate::ports::ops_store::{ListQuery, OpsStore, StateFilter};
 use crate::ports::orders::{OrderRecord, OrderStep, OrderStore};
@@ -25,6 +25,12 @@ pub struct MemoryLedger {
     pub unavailable: Cell<bool>,
     /// How many times [`OrderStore::order`] was read (the success page's lookups).
     pub order_reads: Cell<u32>,
+    /// Per purchase: its PaymentIntent and Subscription (`purchases.payment_intent`, …).
+    pub refs: RefCell<BTreeMap<String, PaymentRefs>>,
+    /// The `reversals` table, in insertion order.
+    pub reversals: RefCell<Vec<ReversalRecord>>,
+    /// Steps inserted as take-back steps (`steps.direction = 'reverse'`).
+    pub reverse_steps: RefCell<BTreeSet<(String, String)>>,
 }
 
 impl MemoryLedger {
@@ -75,6 +81,93 @@ impl MemoryLedger {
             entry.0 = livemode;
         }
         entry.2 = now_ms;
+    }
+
+    /// The reversals that take back, recorded against the purchase's ids, oldest first
+    /// (the `purchase_reversals` view).
+    fn taking_back(&self, session_id: &str) -> Vec<ReversalRecord> {
+        let refs = self
+            .refs
+            .borrow()
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default();
+        let mut rows: Vec<ReversalRecord> = self
+            .reversals
+            .borrow()
+            .iter()
+            .filter(|r| r.takes_back_as.is_some())
+            .filter(|r| {
+                Some(&r.reference) == refs.payment_intent.as_ref()
+                    || Some(&r.reference) == refs.subscription.as_ref()
+            })
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| (a.created_at_ms, &a.event_id).cmp(&(b.created_at_ms, &b.event_id)));
+        rows
+    }
+
+    fn is_reverse(&self, session_id: &str, step: &str) -> bool {
+        self.reverse_steps
+            .borrow()
+            .contains(&(session_id.to_string(), step.to_string()))
+    }
+
+    /// What `record_reversal` and `open_purchase` apply, as their D1 statements do.
+    fn apply_reversals(&self, session_id: &str, rules: &[TakeBackRule], now_ms: u64) {
+        let reversals = self.taking_back(session_id);
+        let Some(first) = reversals.first() else {
+            return;
+        };
+        let mut steps = self.steps.borrow_mut();
+        for ((id, name), row) in steps.iter_mut() {
+            let forward = !self.is_reverse(id, name);
+            if id == session_id
+                && forward
+                && matches!(row.state, StepState::Pending | StepState::Failed)
+            {
+                row.state = StepState::Cancelled;
+                row.lease_until = None;
+                row.updated_at = now_ms;
+            }
+        }
+        for rule in rules {
+            let started = steps
+                .get(&(session_id.to_string(), rule.forward))
+                .is_some_and(|r| matches!(r.state, StepState::Running | StepState::Done));
+            let asked = reversals
+                .iter()
+                .find(|r| r.takes_back_as.is_some_and(|s| rule.on.contains(&s)));
+            let (true, Some(asked)) = (started, asked) else {
+                continue;
+            };
+            let key = (session_id.to_string(), rule.reverse);
+            if let std::collections::btree_map::Entry::Vacant(slot) = steps.entry(key) {
+                slot.insert(StepRow {
+                    step: rule.reverse.to_string(),
+                    event_id: asked.event_id.clone(),
+                    state: StepState::Pending,
+                    lease_until: None,
+                    attempts: 0,
+                    last_error: None,
+                    result: None,
+                    updated_at: now_ms,
+                });
+                self.reverse_steps
+                    .borrow_mut()
+                    .insert((session_id.to_string(), rule.reverse.to_string()));
+            }
+        }
+        drop(steps);
+        let state = first.takes_back_as.unwrap_or(PurchaseState::Refunded);
+        let mut purchases = self.purchases.borrow_mut();
+        if let Some(current) = purchases.get_mut(session_id) {
+            if !current.is_reversed() {
+                *current = state;
+                drop(purchases);
+                self.touch(session_id, None, now_ms);
+            }
+        }
     }
 
     pub fn purchase(&self, session_id: &str) -> Option<PurchaseState> {
@@ -129,15 +222,27 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
-    async fn open_fulfilment(
+    async fn open_purchase(
         &self,
         session_id: &str,
         livemode: bool,
         event_id: &str,
         steps: &[&'static str],
+        refs: &PaymentRefs,
+        rules: &[TakeBackRule],
         now_ms: u64,
     ) -> Result<(), LedgerError> {
         self.check("open_fulfilment")?;
+        {
+            let mut all = self.refs.borrow_mut();
+            let stored = all.entry(session_id.to_string()).or_default();
+            if stored.payment_intent.is_none() {
+                stored.payment_intent = refs.payment_intent.clone();
+            }
+            if stored.subscription.is_none() {
+                stored.subscription = refs.subscription.clone();
+            }
+        }
         self.touch(session_id, Some(livemode), now_ms);
         let state = if steps.is_empty() {
             PurchaseState::NothingToFulfil
@@ -163,7 +268,61 @@ impl Ledger for MemoryLedger {
                     updated_at: now_ms,
                 });
         }
+        drop(rows);
+        self.apply_reversals(session_id, rules, now_ms);
         Ok(())
+    }
+
+    async fn record_reversal(
+        &self,
+        record: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        self.check("record_reversal")?;
+        {
+            let mut reversals = self.reversals.borrow_mut();
+            if !reversals.iter().any(|r| r.event_id == record.event_id) {
+                reversals.push(record.clone());
+            }
+        }
+        let sessions: Vec<String> = self
+            .refs
+            .borrow()
+            .iter()
+            .filter(|(id, r)| {
+                self.purchases.borrow().contains_key(*id)
+                    && (r.payment_intent.as_ref() == Some(&record.reference)
+                        || r.subscription.as_ref() == Some(&record.reference))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session in &sessions {
+            self.apply_reversals(session, rules, now_ms);
+        }
+        Ok(sessions)
+    }
+
+    async fn reversals_of(&self, session_id: &str) -> Result<Vec<ReversalRecord>, LedgerError> {
+        self.check("reversals_of")?;
+        let refs = self
+            .refs
+            .borrow()
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default();
+        let mut rows: Vec<ReversalRecord> = self
+            .reversals
+            .borrow()
+            .iter()
+            .filter(|r| {
+                Some(&r.reference) == refs.payment_intent.as_ref()
+                    || Some(&r.reference) == refs.subscription.as_ref()
+            })
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| (a.created_at_ms, &a.event_id).cmp(&(b.created_at_ms, &b.event_id)));
+        Ok(rows)
     }
 
     async fn claim_step(
@@ -181,6 +340,11 @@ impl Ledger for MemoryLedger {
         let expired =
             row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
         if row.state != StepState::Pending && !expired {
+            return Ok(None);
+        }
+        let reversed =
+            !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
+        if row.state == StepState::Pending && reversed {
             return Ok(None);
         }
         row.state = StepState::Running;
@@ -227,7 +391,13 @@ impl Ledger for MemoryLedger {
                 row.last_error = None;
             }
             Settlement::Release(error) => {
-                row.state = StepState::Pending;
+                let reversed =
+                    !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
+                row.state = if reversed {
+                    StepState::Cancelled
+                } else {
+                    StepState::Pending
+                };
                 row.last_error = Some(error.clone());
             }
             Settlement::Fail(error) => {
@@ -252,8 +422,10 @@ impl Ledger for MemoryLedger {
     async fn reset_failed(&self, session_id: &str, now_ms: u64) -> Result<u32, LedgerError> {
         self.check("reset_failed")?;
         let mut reset = 0;
-        for ((id, _), row) in self.steps.borrow_mut().iter_mut() {
-            if id == session_id && row.state == StepState::Failed {
+        let reversed = !self.taking_back(session_id).is_empty();
+        for ((id, name), row) in self.steps.borrow_mut().iter_mut() {
+            let forward = !self.is_reverse(id, name);
+            if id == session_id && row.state == StepState::Failed && !(forward && reversed) {
                 row.state = StepState::Pending;
                 row.updated_at = now_ms;
                 reset += 1;
@@ -407,6 +579,9 @@ impl Ledger for MemoryLedger {
         let Some(current) = purchases.get_mut(session_id) else {
             return Ok(None);
         };
+        if current.is_reversed() {
+            return Ok(Some(*current));
+        }
         if !matches!(
             current,
             PurchaseState::Fulfilling | PurchaseState::Failed | PurchaseState::Fulfilled

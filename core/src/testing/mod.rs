@@ -52,6 +52,10 @@ pub enum Svc {
     Events,
     /// Resend's `POST /emails`.
     Email,
+    /// `POST {LICENSE_SERVER_URL}/revoke`.
+    Revoke,
+    /// `POST {SHIPPING_URL}/{order_id}/cancel`.
+    CancelShipment,
 }
 
 pub type Answer = Result<HttpResponse, TransportError>;
@@ -123,6 +127,10 @@ impl FakeUpstream {
             Svc::License => ok(&format!(r#"{{"license_key":"lic_{n}"}}"#)),
             Svc::Shipping => ok(&format!(r#"{{"shipment_id":"shp_{n}"}}"#)),
             Svc::Email => ok(&format!(r#"{{"id":"em_{n}"}}"#)),
+            Svc::Revoke => ok(
+                r#"{"valid":false,"status":"revoked","license_key":"x","revoked_at":"2026-01-01T00:00:00Z"}"#,
+            ),
+            Svc::CancelShipment => ok(r#"{"status":"cancelled"}"#),
             Svc::PaymentIntent => ok(self
                 .payment_intent
                 .borrow()
@@ -168,12 +176,20 @@ pub const ONE_LINE_ITEM: &str = r#"{"object":"list","has_more":false,"data":[{"i
 fn service_of(url: &str) -> Svc {
     let path = url.split('?').next().unwrap_or(url);
     let stripe = |prefix: &str| path.starts_with(&format!("https://stripe.test{prefix}"));
+    let cancel = path
+        .strip_prefix("https://shipping.test/orders/")
+        .and_then(|rest| rest.strip_suffix("/cancel"))
+        .is_some_and(|order| !order.is_empty() && !order.contains('/'));
     if path == "https://license.test/generate" {
         Svc::License
+    } else if path == "https://license.test/revoke" {
+        Svc::Revoke
     } else if path == "https://shipping.test/orders" {
         Svc::Shipping
     } else if path == "https://email.test/emails" {
         Svc::Email
+    } else if cancel {
+        Svc::CancelShipment
     } else if stripe("/v1/checkout/sessions/") && path.ends_with("/line_items") {
         Svc::LineItems
     } else if stripe("/v1/checkout/sessions/") {
@@ -401,6 +417,11 @@ mod tests {
         assert_eq!(service_of("https://license.test/generate"), Svc::License);
         assert_eq!(service_of("https://shipping.test/orders"), Svc::Shipping);
         assert_eq!(service_of("https://email.test/emails"), Svc::Email);
+        assert_eq!(service_of("https://license.test/revoke"), Svc::Revoke);
+        assert_eq!(
+            service_of("https://shipping.test/orders/cs_1/cancel"),
+            Svc::CancelShipment
+        );
         assert_eq!(
             service_of("https://stripe.test/v1/checkout/sessions/cs_1/line_items?limit=100"),
             Svc::LineItems
