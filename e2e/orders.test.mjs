@@ -168,7 +168,9 @@ test('20 concurrent polls and a concurrent webhook: one license', async () => {
     assert.ok(['fulfilled', 'fulfilling'].includes(p.json.state), p.text);
     assertNoStore(p);
   }
-  assert.ok([200, 409].includes(webhook.status), `${webhook.status} ${webhook.text}`);
+  // 409: a poll held the step; 503: the webhook held it and the slow call outran its
+  // timeout on a loaded machine. Either way Stripe redelivers, as sendUntilAccepted does.
+  assert.ok([200, 409, 503].includes(webhook.status), `${webhook.status} ${webhook.text}`);
   await sendUntilAccepted(event('checkout.session.completed', session));
   assert.equal(licenses().length, 1, 'one license for 21 racers');
   const last = await order(session.id, { ip });
