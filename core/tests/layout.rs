@@ -240,9 +240,10 @@ fn the_core_names_no_javascript_binding() {
 #[test]
 fn the_core_holds_no_sql() {
     for (module, code) in modules() {
-        for verb in ["SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH "] {
+        // The verbs without their trailing space, so this file passes the same grep.
+        for verb in ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH"] {
             assert!(
-                !code.contains(&format!("\"{verb}")),
+                !code.contains(&format!("\"{verb} ")),
                 "{} holds SQL (\"{verb}…\"): SQL belongs to src/d1/",
                 name(&module)
             );
