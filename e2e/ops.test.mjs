@@ -318,7 +318,9 @@ test('lookups: ids, states, license key and shipment id (purchase only), and no 
 
   const byPurchase = await admin(`/admin/purchases/${session.id}`);
   assert.equal(byPurchase.status, 200, byPurchase.text);
-  assert.deepEqual(Object.keys(byPurchase.json).sort(), ['events', 'license_key', 'purchase', 'shipment_id', 'steps']);
+  // `reversals` since taking back (issue 14): none for this purchase.
+  assert.deepEqual(Object.keys(byPurchase.json).sort(), ['events', 'license_key', 'purchase', 'reversals', 'shipment_id', 'steps']);
+  assert.deepEqual(byPurchase.json.reversals, []);
   assert.equal(byPurchase.json.purchase.session_id, session.id);
   assert.equal(byPurchase.json.purchase.state, 'fulfilled');
   assert.equal(byPurchase.json.license_key, license.license_key);
