@@ -1106,3 +1106,32 @@ fn every_stripe_call_of_a_resume_carries_the_pinned_version() {
         );
     }
 }
+
+/// The same guard on the event path: a later event about the session whose object
+/// would change the body (here the buyer's e-mail) drives no call with it.
+#[test]
+fn a_later_event_whose_session_would_change_the_body_sends_nothing() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    let edited = session("cs_1", "paid", &format!(",{ADDRESS}"))
+        .replace("ada@example.com", "eve@example.com");
+    let later = event(
+        "evt_later",
+        "checkout.session.async_payment_succeeded",
+        &edited,
+    );
+    let decision = deliver(&world, &later);
+    assert_eq!(decision.verdict, recorded(Status::Failed));
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1, "not sent");
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "license")
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("body changed since the first attempt: metadata.email")
+    );
+    assert!(!world.log.joined().contains("eve@"));
+}
