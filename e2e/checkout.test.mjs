@@ -236,7 +236,7 @@ test('an unknown, inactive, expired, restricted or unusable code answers like no
     ['used up', () => standin.setPromotionCode(activeCode({ max_redemptions: 1, times_redeemed: 1 }))],
     ['another product', () => standin.setPromotionCode(activeCode({ coupon: { id: 'co_x', valid: true, applies_to: { products: ['prod_Other'] } } }))],
     ['coupon no longer valid', () => {
-      standin.setPromotionCode(activeCode({ coupon: undefined, promotion: { type: 'coupon', coupon: 'co_dead' } }));
+      standin.setPromotionCode(activeCode({ coupon: 'co_dead' }));
       standin.setCoupon({ id: 'co_dead', valid: false, applies_to: { products: [] } });
     }],
   ];
@@ -258,6 +258,36 @@ test('an unknown, inactive, expired, restricted or unusable code answers like no
     assert.equal(line.msg, 'checkout session created', what);
     assert.equal(line?.promotion, 'dropped', what);
     assert.ok(!JSON.stringify(logLines(worker)).includes(SPRING), `${what}: the code is never logged`);
+  }
+});
+
+test('every promotion code state makes the same Stripe calls, each with the pinned Stripe-Version (no timing oracle)', async () => {
+  const states = [
+    ['unknown', () => {}],
+    ['valid', () => standin.setPromotionCode(activeCode())],
+    ['valid, restricted to this product', () => standin.setPromotionCode(activeCode({ coupon: 'co_pro' }))],
+    ['inactive', () => standin.setPromotionCode(activeCode({ active: false }))],
+    ['expired', () => standin.setPromotionCode(activeCode({ expires_at: 1_600_000_000 }))],
+    ['used up', () => standin.setPromotionCode(activeCode({ max_redemptions: 1, times_redeemed: 1 }))],
+    ['another product', () => standin.setPromotionCode(activeCode({ coupon: 'co_other' }))],
+    ['coupon no longer valid', () => standin.setPromotionCode(activeCode({ coupon: { id: 'co_dead', valid: false } }))],
+  ];
+  const sequences = {};
+  for (const [what, setup] of states) {
+    standin.reset();
+    standin.setCoupon({ id: 'co_pro', valid: true, applies_to: { products: ['prod_Pro'] } });
+    standin.setCoupon({ id: 'co_other', valid: true, applies_to: { products: ['prod_Other'] } });
+    setup();
+    const res = await checkout({ product: 'pro', promotion_code: SPRING }, { ip: clientIp() });
+    assert.equal(res.status, 200, `${what}: ${res.text}`);
+    const calls = standin.callsTo('stripe');
+    sequences[what] = calls.map((c) => `${c.method} ${c.path}`);
+    for (const c of calls) assert.equal(c.headers['stripe-version'], '2025-03-31.basil', `${what}: ${c.path}`);
+    const line = await lineOfSession(res);
+    assert.equal(line?.promotion, what.startsWith('valid') ? 'applied' : 'dropped', what);
+  }
+  for (const [what, sequence] of Object.entries(sequences)) {
+    assert.deepEqual(sequence, ['GET /stripe/v1/promotion_codes', 'POST /stripe/v1/checkout/sessions'], what);
   }
 });
 

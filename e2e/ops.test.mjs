@@ -495,6 +495,38 @@ test('replay runs a permanently failed step once, with the same body and Idempot
   assert.equal(standin.licensesIssued().length, 1);
 });
 
+test('a replay whose session changed since the first attempt sends nothing and alerts naming step and field; once it reads as before, the first body goes', async () => {
+  const { session, evt } = purchase();
+  standin.failNext('license', 1, 400);
+  assert.equal((await send(evt)).json.status, 'failed');
+  const [first] = stepCalls(session.id, 'license');
+  const [{ body_digest: digest }] = await worker.d1(`SELECT body_digest FROM steps WHERE session_id = '${session.id}' AND step = 'license'`);
+  assert.ok(digest, 'the first body is digested before the call');
+  for (const value of [session.customer, CUSTOMER.email, CUSTOMER.name]) {
+    assert.ok(!digest.includes(value), `the digest holds no ${value}`);
+  }
+
+  // Stripe now returns the session without its customer (issue 15, item 5).
+  standin.setSession({ ...session, customer: null });
+  const from = worker.logs().length;
+  const replay = await admin(`/admin/purchases/${session.id}/replay`, { method: 'POST' });
+  assert.equal(replay.status, 200, replay.text);
+  assert.equal(replay.json.outcome, 'failed');
+  assert.equal(stepCalls(session.id, 'license').length, 1, 'the changed body is not sent');
+  const license = (await stepRows(session.id)).find((s) => s.step === 'license');
+  assert.deepEqual([license.state, license.last_error], ['failed', 'body changed since the first attempt: metadata.provider_customer_id']);
+  const [alert] = await linesUntil(worker, from, (l) => l.msg === 'step body changed since the first attempt', 1, 'body changed alert');
+  assert.deepEqual([alert.level, alert.step, alert.field, alert.session_id], ['alert', 'license', 'metadata.provider_customer_id', session.id]);
+
+  standin.setSession(session);
+  const again = await admin(`/admin/purchases/${session.id}/replay`, { method: 'POST' });
+  assert.equal(again.json.outcome, 'complete', again.text);
+  const calls = stepCalls(session.id, 'license');
+  assert.equal(calls.length, 2);
+  assert.deepEqual(calls[1].body, first.body, 'the body of the first attempt');
+  assert.ok(standin.callsTo('stripe').every((c) => c.headers['stripe-version'] === '2025-03-31.basil'), 'every Stripe call pins its version');
+});
+
 test('replay of a failed shipping step leaves the done license alone', async () => {
   const { session, evt } = purchase();
   standin.failNext('shipping', 1, 422);

@@ -257,6 +257,18 @@ describe('stand-in services', { timeout: 60_000 }, () => {
     assert.equal((await call('/stripe/v1/coupons/co_2', { headers: auth })).status, 404);
   });
 
+  test('stripe: a listed promotion code carries its coupon\'s applies_to only when expanded, as Stripe does', async () => {
+    s.setPromotionCode({ id: 'promo_3', code: 'FULL', active: true, coupon: { id: 'co_3', valid: true, applies_to: { products: ['prod_1'] } } });
+    s.setPromotionCode({ id: 'promo_4', code: 'BYID', active: true, coupon: 'co_4' });
+    s.setCoupon({ id: 'co_4', valid: false, applies_to: { products: [] } });
+    const first = async (q) => (await call(`/stripe/v1/promotion_codes?${q}`, { headers: auth })).json.data[0];
+    const expand = '&expand%5B%5D=data.coupon.applies_to';
+    assert.deepEqual((await first('code=FULL')).coupon, { id: 'co_3', valid: true });
+    assert.deepEqual((await first(`code=FULL${expand}`)).coupon, { id: 'co_3', valid: true, applies_to: { products: ['prod_1'] } });
+    assert.equal((await first('code=BYID')).coupon, 'co_4');
+    assert.deepEqual((await first(`code=BYID${expand}`)).coupon, { id: 'co_4', object: 'coupon', valid: false, applies_to: { products: [] } });
+  });
+
   test('email: Resend-like sending, idempotency by exact body (replay, then 409), validation and auth', async () => {
     const re = { authorization: 'Bearer re_standin', 'Idempotency-Key': 'stripe-edge:cs_1:email' };
     const mail = { from: 'Shop <orders@shop.example>', to: ['ada@example.com'], subject: 'Your license', text: 'k', html: '<p>k</p>' };

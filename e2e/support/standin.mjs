@@ -15,7 +15,10 @@
 //   GET  /stripe/v1/checkout/sessions/:id/line_items    service "stripe"   -> Stripe list object
 //   GET  /stripe/v1/payment_intents/:id                 service "stripe"   -> the stored object
 //   POST /stripe/v1/checkout/sessions                   service "stripe"   -> a new Checkout Session
-//   GET  /stripe/v1/promotion_codes?code=&active=       service "stripe"   -> list of setPromotionCode()s
+//   GET  /stripe/v1/promotion_codes?code=&active=       service "stripe"   -> list of setPromotionCode()s; like Stripe,
+//                                                                           the coupon's applies_to only with
+//                                                                           expand[]=data.coupon.applies_to (a coupon
+//                                                                           given by id is expanded from setCoupon())
 //   GET  /stripe/v1/coupons/:id                         service "stripe"   -> the stored coupon
 // Every Stripe answer carries a `Request-Id: req_…` header, as Stripe's do.
 //
@@ -286,6 +289,21 @@ export async function startStandin() {
     return answer;
   }
 
+  // A promotion code as Stripe lists it: `applies_to` is not included unless expanded
+  // (`expand[]=data.coupon.applies_to`, which also expands a coupon given by id).
+  function expandCoupon(pc, expand) {
+    const withRestriction = expand.includes('data.coupon.applies_to');
+    let coupon = pc.coupon;
+    if (typeof coupon === 'string' && (withRestriction || expand.includes('data.coupon'))) {
+      coupon = coupons.get(coupon) ?? coupon;
+    }
+    if (coupon && typeof coupon === 'object' && !withRestriction) {
+      const { applies_to: _hidden, ...rest } = coupon;
+      coupon = rest;
+    }
+    return coupon === undefined ? pc : { ...pc, coupon };
+  }
+
   function stripe(method, u, call) {
     if (!/^Bearer \S+/.test(call.headers.authorization ?? '')) {
       return [401, stripeError(401, 'You did not provide an API key.')];
@@ -321,7 +339,7 @@ export async function startStandin() {
       const active = u.searchParams.get('active');
       const items = promotionCodes.filter((pc) => (code === null || pc.code.toLowerCase() === code.toLowerCase())
         && (active === null || String(pc.active) === active));
-      return list({ items, pageSize: 100 }, u, '/v1/promotion_codes');
+      return list({ items: items.map((pc) => expandCoupon(pc, u.searchParams.getAll('expand[]'))) , pageSize: 100 }, u, '/v1/promotion_codes');
     }
     m = u.pathname.match(/^\/stripe\/v1\/coupons\/([^/]+)$/);
     if (m) {

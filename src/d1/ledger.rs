@@ -55,6 +55,7 @@ struct Returned {
 struct Claimed {
     attempts: f64,
     event_id: String,
+    body_digest: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -328,7 +329,7 @@ impl Ledger for D1Ledger {
             AND ((state = 'pending' AND (direction = 'reverse' OR NOT EXISTS \
                    (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1))) \
                  OR (state = 'running' AND lease_until <= ?4)) \
-            RETURNING attempts, event_id";
+            RETURNING attempts, event_id, body_digest";
         let args = [
             text(session_id),
             text(step),
@@ -339,7 +340,29 @@ impl Ledger for D1Ledger {
         Ok(row.map(|r| StepClaim {
             attempt: r.attempts as u32,
             event_id: r.event_id,
+            body_digest: r.body_digest,
         }))
+    }
+
+    async fn pin_body(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        digests: &str,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        const SQL: &str = "UPDATE steps SET body_digest = ?4, updated_at = ?5 \
+            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3 \
+            AND body_digest IS NULL";
+        let args = [
+            text(session_id),
+            text(step),
+            int(i64::from(attempt)),
+            text(digests),
+            int(now_ms as i64),
+        ];
+        Ok(self.run("pin_body", SQL, &args).await? == 1)
     }
 
     async fn step(

@@ -54,8 +54,6 @@ struct FakeStripe {
     calls: RefCell<Vec<HttpRequest>>,
     /// Customer-facing code → promotion code object.
     codes: RefCell<Vec<(String, String)>>,
-    /// Coupon id → coupon object with `applies_to` (what `expand[]=applies_to` gives).
-    coupons: RefCell<BTreeMap<String, String>>,
     scripted: RefCell<Vec<(Route, VecDeque<Answer>)>>,
     /// Idempotency-Key → (form, answer), as Stripe keeps them.
     sessions: RefCell<BTreeMap<String, (String, HttpResponse)>>,
@@ -68,12 +66,6 @@ impl FakeStripe {
         self.codes
             .borrow_mut()
             .push((code.to_string(), object.to_string()));
-    }
-
-    fn coupon(&self, id: &str, object: &str) {
-        self.coupons
-            .borrow_mut()
-            .insert(id.to_string(), object.to_string());
     }
 
     fn script(&self, route: Route, answers: impl IntoIterator<Item = Answer>) {
@@ -110,20 +102,15 @@ impl FakeStripe {
                             .url
                             .contains(&format!("?code={}&", encode_component(code)))
                     })
-                    .map(|(_, object)| object.as_str());
+                    .map(|(_, object)| expanded(object, &request.url));
                 ok(&format!(
                     r#"{{"object":"list","data":[{}],"has_more":false}}"#,
-                    found.unwrap_or("")
+                    found.unwrap_or_default()
                 ))
             }
-            Route::Coupon => {
-                let id = request.url.split("/v1/coupons/").nth(1).unwrap();
-                let id = id.split('?').next().unwrap();
-                match self.coupons.borrow().get(id) {
-                    Some(coupon) => ok(coupon),
-                    None => status(404),
-                }
-            }
+            // Checkout never reads a coupon on its own: that call would be made for
+            // valid codes only (a timing oracle).
+            Route::Coupon => status(404),
             Route::Create => self.create(request),
         }
     }
@@ -169,8 +156,21 @@ impl FakeStripe {
     }
 }
 
+/// The promotion code as Stripe lists it: the coupon's `applies_to` only when the call
+/// asked for it (`expand[]=data.coupon.applies_to`, the pinned version's shape).
+fn expanded(object: &str, url: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(object).unwrap();
+    if !url.contains("&expand%5B%5D=data.coupon.applies_to") {
+        if let Some(coupon) = value.get_mut("coupon").and_then(|c| c.as_object_mut()) {
+            coupon.remove("applies_to");
+        }
+    }
+    value.to_string()
+}
+
 impl Upstream for FakeStripe {
     async fn send(&self, request: HttpRequest) -> Answer {
+        crate::testing::assert_stripe_version(&request);
         self.calls.borrow_mut().push(request.clone());
         self.answer(&request)
     }
@@ -638,8 +638,9 @@ fn a_valid_code_is_looked_up_server_side_and_applied() {
     let lookup = &shop.stripe.calls_to(Route::Promo)[0];
     assert_eq!(
         lookup.url,
-        "https://stripe.test/v1/promotion_codes?code=SPRING25&active=true&limit=1"
+        "https://stripe.test/v1/promotion_codes?code=SPRING25&active=true&limit=1&expand%5B%5D=data.coupon.applies_to"
     );
+    assert_eq!(lookup.header("stripe-version"), Some("2025-03-31.basil"));
     assert_eq!(lookup.method, Method::Get);
     assert_eq!(
         field(&shop.last_form(), "discounts[0][promotion_code]"),
@@ -667,45 +668,92 @@ fn a_code_is_url_encoded_in_the_lookup() {
 }
 
 #[test]
-fn the_newer_shape_reads_the_coupon_with_its_restriction() {
+fn the_restriction_comes_expanded_in_the_one_lookup() {
     let shop = Shop::new();
     shop.stripe.code(
         SPRING,
-        r#"{"id":"promo_New","active":true,"code":"SPRING25","promotion":{"type":"coupon","coupon":"co_New"}}"#,
-    );
-    shop.stripe.coupon(
-        "co_New",
-        r#"{"id":"co_New","valid":true,"applies_to":{"products":["prod_Pro"]}}"#,
-    );
-    let (decision, _) = shop.post(r#"{"product":"pro","promotion_code":"SPRING25"}"#);
-    assert_eq!(decision.promotion, Promotion::Applied("promo_New".into()));
-    let coupon = &shop.stripe.calls_to(Route::Coupon)[0];
-    assert_eq!(
-        coupon.url,
-        "https://stripe.test/v1/coupons/co_New?expand%5B%5D=applies_to"
-    );
-}
-
-#[test]
-fn an_embedded_coupon_without_its_restriction_is_read_again() {
-    let shop = Shop::new();
-    shop.stripe.code(
-        SPRING,
-        &active_code("promo_Old", r#"{"id":"co_Old","valid":true}"#),
-    );
-    shop.stripe.coupon(
-        "co_Old",
-        r#"{"id":"co_Old","valid":true,"applies_to":{"products":["prod_Other"]}}"#,
+        &active_code(
+            "promo_Old",
+            r#"{"id":"co_Old","valid":true,"applies_to":{"products":["prod_Other"]}}"#,
+        ),
     );
     let (decision, _) = shop.post(r#"{"product":"pro","promotion_code":"SPRING25"}"#);
     assert_eq!(
         decision.promotion,
         Promotion::Dropped(Dropped::WrongProduct)
     );
-    // A product without `product` in the catalogue needs no restriction: no second read.
+    // A product without `product` in the catalogue needs no restriction.
     let (decision, _) = shop.post(r#"{"product":"team","promotion_code":"SPRING25"}"#);
     assert_eq!(decision.promotion, Promotion::Applied("promo_Old".into()));
-    assert_eq!(shop.stripe.calls_to(Route::Coupon).len(), 1);
+    assert!(shop.stripe.calls_to(Route::Coupon).is_empty());
+}
+
+/// Behaviour changed on purpose: a promotion code whose coupon comes as an id only
+/// (not the pinned version's shape) used to be read with a second call, made for
+/// valid codes only; it is dropped now, so no code costs a call more than another.
+#[test]
+fn a_coupon_given_only_by_id_is_dropped_without_a_second_call() {
+    let shop = Shop::new();
+    shop.stripe.code(
+        SPRING,
+        r#"{"id":"promo_New","active":true,"code":"SPRING25","promotion":{"type":"coupon","coupon":"co_New"}}"#,
+    );
+    let (decision, reply) = shop.post(r#"{"product":"pro","promotion_code":"SPRING25"}"#);
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        decision.promotion,
+        Promotion::Dropped(Dropped::LookupFailed)
+    );
+    assert!(shop.stripe.calls_to(Route::Coupon).is_empty());
+}
+
+/// No timing oracle: whatever becomes of a code, Stripe hears the same calls (one
+/// promotion code lookup, then the session), in the same order.
+#[test]
+fn every_code_state_makes_the_same_stripe_calls() {
+    let restricted = r#"{"id":"co","valid":true,"applies_to":{"products":["prod_Pro"]}}"#;
+    let states: [(&str, Option<String>); 7] = [
+        ("unknown", None),
+        ("valid", Some(active_code("promo_1", restricted))),
+        (
+            "inactive",
+            Some(format!(
+                r#"{{"id":"promo_1","active":false,"coupon":{restricted}}}"#
+            )),
+        ),
+        (
+            "expired",
+            Some(format!(
+                r#"{{"id":"promo_1","active":true,"expires_at":1600000000,"coupon":{restricted}}}"#
+            )),
+        ),
+        (
+            "exhausted",
+            Some(format!(
+                r#"{{"id":"promo_1","active":true,"max_redemptions":1,"times_redeemed":1,"coupon":{restricted}}}"#
+            )),
+        ),
+        (
+            "coupon invalid",
+            Some(active_code("promo_1", r#"{"id":"co","valid":false}"#)),
+        ),
+        (
+            "another product",
+            Some(active_code(
+                "promo_1",
+                r#"{"id":"co","valid":true,"applies_to":{"products":["prod_Other"]}}"#,
+            )),
+        ),
+    ];
+    for (what, object) in states {
+        let shop = Shop::new();
+        if let Some(object) = object {
+            shop.stripe.code(SPRING, &object);
+        }
+        shop.post(r#"{"product":"pro","promotion_code":"SPRING25"}"#);
+        let sequence: Vec<Route> = shop.stripe.calls.borrow().iter().map(route_of).collect();
+        assert_eq!(sequence, [Route::Promo, Route::Create], "{what}");
+    }
 }
 
 /// Every way a code can fail answers exactly like no code: same status, same headers,
@@ -770,11 +818,7 @@ fn an_invalid_code_answers_like_no_code_with_a_session_of_its_own() {
         (
             "newer shape, another product",
             Box::new(|s| {
-                s.code(SPRING, r#"{"id":"promo_1","active":true,"promotion":{"type":"coupon","coupon":"co_9"}}"#);
-                s.coupon(
-                    "co_9",
-                    r#"{"id":"co_9","valid":true,"applies_to":{"products":["prod_Other"]}}"#,
-                );
+                s.code(SPRING, r#"{"id":"promo_1","active":true,"promotion":{"type":"coupon","coupon":{"id":"co_9","valid":true,"applies_to":{"products":["prod_Other"]}}}}"#);
             }),
             Dropped::WrongProduct,
         ),

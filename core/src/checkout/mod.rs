@@ -315,6 +315,7 @@ async fn post<U: Upstream, C: Clock, T: Throttle, P: Pause>(
     let api = StripeApi {
         base: &deps.config.stripe_api_base,
         key: ready.key,
+        version: &deps.config.stripe_api_version,
     };
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
     match sessions_allowed(deps, ready.key, request.client_ip).await {

@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::fulfilment::first_body::FirstBody;
 use crate::fulfilment::plan::{Purchase, Step};
 use crate::ports::ledger::{Ledger, StepRow, StepState};
 use crate::ports::{Clock, HttpRequest, Method, Upstream};
@@ -42,6 +43,7 @@ pub async fn run(
     upstream: &impl Upstream,
     clock: &impl Clock,
     deadline: Deadline,
+    first: &FirstBody<'_, impl Ledger>,
 ) -> Result<String, StepError> {
     let (api_key, from) = configured(&config.email)?;
     let session = &purchase.session;
@@ -55,6 +57,7 @@ pub async fn run(
     let letter = letter(license.as_ref())?;
     let key = Step::Email.idempotency_key(&session.id);
     let request = request(&config.email, api_key, from, session, to, &letter, key);
+    first.admit(&request).await?;
     let body = call(upstream, clock, deadline, Callee::Email, request).await?;
     email_id(&body)
 }

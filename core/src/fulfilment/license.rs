@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::fulfilment::first_body::FirstBody;
 use crate::fulfilment::plan::{Purchase, Step};
+use crate::ports::ledger::Ledger;
 use crate::ports::{Clock, HttpRequest, Method, Upstream};
 use crate::settings::{Config, ServiceSettings, LICENSE_SERVER_URL};
 use crate::upstream::{call, Callee, Deadline, StepError};
@@ -15,6 +17,7 @@ pub async fn run(
     upstream: &impl Upstream,
     clock: &impl Clock,
     deadline: Deadline,
+    first: &FirstBody<'_, impl Ledger>,
 ) -> Result<String, StepError> {
     let service = configured(config.license.as_ref())?;
     let mut request = request(purchase, service)
@@ -22,6 +25,7 @@ pub async fn run(
     if let Some(signer) = &config.forward_signer {
         signer.attach(&mut request, (clock.now_ms() / 1000) as i64);
     }
+    first.admit(&request).await?;
     let body = call(upstream, clock, deadline, Callee::License, request).await?;
     license_key(&body)
 }

@@ -9,12 +9,14 @@
 
 pub mod cancel_shipment;
 pub mod email;
+pub mod first_body;
 pub mod license;
 pub mod plan;
 pub mod reversal;
 pub mod revoke;
 pub mod shipping;
 
+use crate::fulfilment::first_body::FirstBody;
 use crate::fulfilment::plan::{Purchase, Step};
 use crate::fulfilment::reversal::TakeBack;
 use crate::log::Line;
@@ -154,6 +156,7 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let stripe = StripeApi {
         base: &deps.config.stripe_api_base,
         key,
+        version: &deps.config.stripe_api_version,
     };
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
     let session = stripe
@@ -253,7 +256,16 @@ async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         event_id: claim.event_id,
         ..purchase.clone()
     };
-    let result = execute(deps, &pinned, step, deadline).await;
+    let first = FirstBody {
+        ledger: deps.ledger,
+        session_id,
+        step,
+        attempt,
+        pinned: claim.body_digest,
+        keys: first_body::keys(&deps.config.webhook_secrets),
+        now_ms: now,
+    };
+    let result = execute(deps, &pinned, step, deadline, &first).await;
     let settlement = match &result {
         Ok(id) => Settlement::Done(id.clone()),
         Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
@@ -271,14 +283,22 @@ async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             Line::error("step not configured").id("setting", setting),
             StepOutcome::Retry,
         ),
-        (Err(e), true) if e.is_permanent() => (
-            Line::error("step failed permanently").text("reason", &e.message()),
-            StepOutcome::Failed,
-        ),
-        (Err(e), true) => (
-            Line::warn("step will be retried").text("reason", &e.message()),
-            StepOutcome::Retry,
-        ),
+        (Err(e), true) => match first_body::changed_fields(e) {
+            // Not sent: the upstream would refuse its key with another body. Ops
+            // decide (fix what changed and replay, or settle it with the service).
+            Some(fields) => (
+                Line::alert("step body changed since the first attempt").text("field", &fields),
+                StepOutcome::Failed,
+            ),
+            None if e.is_permanent() => (
+                Line::error("step failed permanently").text("reason", &e.message()),
+                StepOutcome::Failed,
+            ),
+            None => (
+                Line::warn("step will be retried").text("reason", &e.message()),
+                StepOutcome::Retry,
+            ),
+        },
     };
     let line = head
         .id("session_id", session_id)
@@ -319,12 +339,24 @@ async fn execute<L: Ledger, U: Upstream, C: Clock, S>(
     purchase: &Purchase,
     step: Step,
     deadline: Deadline,
+    first: &FirstBody<'_, L>,
 ) -> Result<String, StepError> {
     let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
     match step {
-        Step::License => license::run(purchase, config, upstream, clock, deadline).await,
-        Step::Shipping => shipping::run(purchase, config, upstream, clock, deadline).await,
-        Step::Email => email::run(purchase, config, deps.ledger, upstream, clock, deadline).await,
+        Step::License => license::run(purchase, config, upstream, clock, deadline, first).await,
+        Step::Shipping => shipping::run(purchase, config, upstream, clock, deadline, first).await,
+        Step::Email => {
+            email::run(
+                purchase,
+                config,
+                deps.ledger,
+                upstream,
+                clock,
+                deadline,
+                first,
+            )
+            .await
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::fulfilment::first_body::FirstBody;
 use crate::fulfilment::plan::{Purchase, Step};
+use crate::ports::ledger::Ledger;
 use crate::ports::{Clock, HttpRequest, Method, Upstream};
 use crate::settings::{Config, ServiceSettings, SHIPPING_URL, STRIPE_API_KEY};
 use crate::stripe::api::{OrderLine, StripeApi};
@@ -22,6 +24,7 @@ pub async fn run(
     upstream: &impl Upstream,
     clock: &impl Clock,
     deadline: Deadline,
+    first: &FirstBody<'_, impl Ledger>,
 ) -> Result<String, StepError> {
     let service = config
         .shipping
@@ -34,6 +37,7 @@ pub async fn run(
     let stripe = StripeApi {
         base: &config.stripe_api_base,
         key,
+        version: &config.stripe_api_version,
     };
     let session = &purchase.session;
     let details = match (session.shipping_details(), &session.payment_intent) {
@@ -55,6 +59,7 @@ pub async fn run(
     if let Some(signer) = &config.forward_signer {
         signer.attach(&mut request, (clock.now_ms() / 1000) as i64);
     }
+    first.admit(&request).await?;
     let body = call(upstream, clock, deadline, Callee::Shipping, request).await?;
     shipment_id(&body)
 }

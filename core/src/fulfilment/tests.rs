@@ -1029,3 +1029,109 @@ fn email_logs_never_carry_the_address_the_license_key_or_the_api_key() {
     let row = world.ledger.step_row("cs_1", "email").unwrap();
     assert!(!format!("{row:?}").contains("ada@example.com"));
 }
+
+// ------------------------------------------------------ a retry sends the first body
+
+/// Issue 15, item 5: a replay rebuilt the license body from the session as Stripe
+/// returns it now (`customer` gone) and sent it under the first attempt's key.
+#[test]
+fn a_retry_whose_body_changed_is_not_sent_and_alerts_naming_the_step_and_field() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+    let pinned = world.ledger.body_digests.borrow().clone();
+    let stored = &pinned[&("cs_1".to_string(), "license")];
+    assert!(
+        !stored.contains("cus_1") && !stored.contains("ada@"),
+        "{stored}"
+    );
+
+    // The session as Stripe returns it now: same purchase, the customer gone.
+    let now = session("cs_1", "paid", &format!(",{ADDRESS}")).replace(r#""customer":"cus_1","#, "");
+    let outcome = replay(&world, &now);
+    assert_eq!(outcome, crate::fulfilment::RunOutcome::Failed);
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1, "not sent");
+    let row = world.ledger.step_row("cs_1", "license").unwrap();
+    assert_eq!(row.state, StepState::Failed);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("body changed since the first attempt: metadata.provider_customer_id")
+    );
+    let alert = world
+        .log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("step body changed since the first attempt"))
+        .expect("an alert");
+    let alert: serde_json::Value = serde_json::from_str(&alert).unwrap();
+    assert_eq!(alert["level"], "alert");
+    assert_eq!(alert["step"], "license");
+    assert_eq!(alert["field"], "metadata.provider_customer_id");
+    assert!(!world.log.joined().contains("cus_1"));
+
+    // Once the session reads as it did, a replay sends the first body, once.
+    let outcome = replay(&world, &session("cs_1", "paid", &format!(",{ADDRESS}")));
+    assert_eq!(outcome, crate::fulfilment::RunOutcome::Complete);
+    let calls = world.upstream.calls_to(Svc::License);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].body, calls[1].body);
+}
+
+#[test]
+fn every_stripe_call_of_a_resume_carries_the_pinned_version() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::Shipping, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    replay(&world, &session("cs_1", "paid", &format!(",{ADDRESS}")));
+    let stripe: Vec<_> = world
+        .upstream
+        .calls
+        .borrow()
+        .iter()
+        .filter(|r| r.url.starts_with("https://stripe.test/"))
+        .cloned()
+        .collect();
+    assert!(
+        stripe.len() >= 3,
+        "session, line items twice: {}",
+        stripe.len()
+    );
+    for call in stripe {
+        assert_eq!(
+            call.header("stripe-version"),
+            Some("2025-03-31.basil"),
+            "{}",
+            call.url
+        );
+    }
+}
+
+/// The same guard on the event path: a later event about the session whose object
+/// would change the body (here the buyer's e-mail) drives no call with it.
+#[test]
+fn a_later_event_whose_session_would_change_the_body_sends_nothing() {
+    let world = World::new(full_config());
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world, &paid("cs_1"));
+    let edited = session("cs_1", "paid", &format!(",{ADDRESS}"))
+        .replace("ada@example.com", "eve@example.com");
+    let later = event(
+        "evt_later",
+        "checkout.session.async_payment_succeeded",
+        &edited,
+    );
+    let decision = deliver(&world, &later);
+    assert_eq!(decision.verdict, recorded(Status::Failed));
+    assert_eq!(world.upstream.calls_to(Svc::License).len(), 1, "not sent");
+    assert_eq!(
+        world
+            .ledger
+            .step_row("cs_1", "license")
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("body changed since the first attempt: metadata.email")
+    );
+    assert!(!world.log.joined().contains("eve@"));
+}

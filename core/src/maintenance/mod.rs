@@ -196,6 +196,7 @@ async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let stripe = StripeApi {
         base: &deps.config.stripe_api_base,
         key,
+        version: &deps.config.stripe_api_version,
     };
     let listed_at = (deps.clock.now_ms() / 1000) as i64;
     let since = match deps.ledger.cursor(RECONCILE_CURSOR).await? {

@@ -320,6 +320,7 @@ where
     let stripe = StripeApi {
         base: &config.stripe_api_base,
         key: stripe_key,
+        version: &config.stripe_api_version,
     };
     let session = match stripe
         .checkout_session(deps.upstream, deps.clock, deadline, id)

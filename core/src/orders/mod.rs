@@ -360,6 +360,7 @@ where
     let api = StripeApi {
         base: &config.stripe_api_base,
         key,
+        version: &config.stripe_api_version,
     };
     let deadline = Deadline::new(started_ms, config.upstream_timeout_ms);
     decision.asked_stripe = true;

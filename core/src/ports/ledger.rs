@@ -161,6 +161,9 @@ pub struct StepClaim {
     pub attempt: u32,
     /// The event that opened the step; requests are built from it on every attempt.
     pub event_id: String,
+    /// `steps.body_digest`: the digests of the first body sent (`fulfilment::first_body`),
+    /// `None` before the first call.
+    pub body_digest: Option<String>,
 }
 
 /// How a claimed step ends this attempt.
@@ -292,6 +295,17 @@ pub trait Ledger {
         now_ms: u64,
         lease_until: u64,
     ) -> Result<Option<StepClaim>, LedgerError>;
+
+    /// Keeps the digests of a step's first body, unless some are kept already; only
+    /// while `attempt` holds the step. Returns whether it wrote.
+    async fn pin_body(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        digests: &str,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError>;
 
     async fn step(
         &self,

@@ -22,8 +22,8 @@ pub use self::registry::{
     ADMIN_TOKEN, ALLOWED_ORIGINS, APP_URL, CHECKOUT_CODE_ATTEMPTS, CHECKOUT_CODE_WINDOW_SECS,
     DEAD_LETTER_QUEUE, FORWARD_SIGNING_SECRET, FULFILLMENT_MAX_ATTEMPTS, LICENSE_SERVER_API_KEY,
     LICENSE_SERVER_URL, MAX_BODY_BYTES, PRODUCTS, QUEUE_RETRY_BASE_SECS, RETENTION_DAYS,
-    SHIPPING_API_KEY, SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_LIVEMODE,
-    STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
+    SHIPPING_API_KEY, SHIPPING_URL, STRIPE_API_BASE, STRIPE_API_KEY, STRIPE_API_VERSION,
+    STRIPE_LIVEMODE, STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_TOLERANCE_SECS, UPSTREAM_TIMEOUT_MS,
 };
 pub use self::registry::{
     EMAIL_API_BASE, EMAIL_CONFIRMATION_SUBJECT, EMAIL_CONFIRMATION_TEXT, EMAIL_FROM, EMAIL_SUBJECT,
@@ -116,6 +116,8 @@ pub struct Config {
     pub shipping: Option<ServiceSettings>,
     pub stripe_api_key: Option<Secret>,
     pub stripe_api_base: String,
+    /// `STRIPE_API_VERSION`: the `Stripe-Version` of every Stripe API call.
+    pub stripe_api_version: String,
     pub upstream_timeout_ms: u64,
     /// Signs calls to the license server and shipping system (Standard Webhooks).
     pub forward_signer: Option<RelaySigner>,
@@ -204,6 +206,18 @@ impl Config {
             }
             None => DEFAULT_STRIPE_API_BASE.to_string(),
         };
+        let stripe_api_version = match get(STRIPE_API_VERSION) {
+            Some(version) if is_api_version(version.trim()) => version.trim().to_string(),
+            Some(_) => {
+                invalid(
+                    &mut problems,
+                    STRIPE_API_VERSION,
+                    "not a Stripe API version (YYYY-MM-DD or YYYY-MM-DD.name)",
+                );
+                default_of(&registry::STRIPE_VERSION).to_string()
+            }
+            None => default_of(&registry::STRIPE_VERSION).to_string(),
+        };
         let forward_signer = get(FORWARD_SIGNING_SECRET).and_then(|secret| {
             let signer = RelaySigner::from_secret(secret.trim());
             if signer.is_none() {
@@ -250,6 +264,7 @@ impl Config {
             shipping,
             stripe_api_key: get(STRIPE_API_KEY).map(Secret::new),
             stripe_api_base,
+            stripe_api_version,
             upstream_timeout_ms,
             problems,
         }
@@ -587,6 +602,21 @@ fn is_http_url(value: &str) -> bool {
     matches!(rest, Some(host) if !host.is_empty() && !host.contains(char::is_whitespace))
 }
 
+/// `2025-03-31` or `2025-03-31.basil`: it goes into a header, so nothing else is sent.
+fn is_api_version(value: &str) -> bool {
+    let (date, name) = value.split_once('.').unwrap_or((value, "x"));
+    let b = date.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|c| c.is_ascii_lowercase())
+}
+
 fn invalid(problems: &mut Vec<Problem>, setting: &'static str, why: &'static str) {
     problems.push(Problem {
         setting,
@@ -614,8 +644,29 @@ mod tests {
         assert_eq!(config.tolerance_secs, 300);
         assert_eq!(config.max_body_bytes, 1_048_576);
         assert_eq!(config.stripe_api_base, "https://api.stripe.com");
+        assert_eq!(config.stripe_api_version, "2025-03-31.basil");
         assert_eq!(config.upstream_timeout_ms, 5_000);
         assert!(config.problems.is_empty());
+    }
+
+    #[test]
+    fn the_stripe_api_version_is_a_version_or_the_default() {
+        let secret = (STRIPE_WEBHOOK_SECRET, "whsec_abc");
+        for good in ["2024-06-20", "2025-09-30.clover"] {
+            let config = load(&[secret, (STRIPE_API_VERSION, good)]);
+            assert_eq!(config.stripe_api_version, good);
+            assert!(config.problems.is_empty(), "{good}");
+        }
+        for bad in [
+            "latest",
+            "2025-03-31.",
+            "2025-3-31",
+            "2025-03-31.basil\r\nx: y",
+        ] {
+            let config = load(&[secret, (STRIPE_API_VERSION, bad)]);
+            assert_eq!(config.stripe_api_version, "2025-03-31.basil", "{bad}");
+            assert_eq!(config.invalid(), vec![STRIPE_API_VERSION], "{bad}");
+        }
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub const SHIPPING_URL: &str = "SHIPPING_URL";
 pub const SHIPPING_API_KEY: &str = "SHIPPING_API_KEY";
 pub const STRIPE_API_KEY: &str = "STRIPE_API_KEY";
 pub const STRIPE_API_BASE: &str = "STRIPE_API_BASE";
+pub const STRIPE_API_VERSION: &str = "STRIPE_API_VERSION";
 pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
 pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
 pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
@@ -212,6 +213,17 @@ pub const STRIPE_BASE: Setting = Setting {
         STRIPE_API_BASE,
         Feature::StripeApi,
         "Base URL of the Stripe API (the tests point it at a stand-in).",
+    )
+};
+/// The version every Stripe API call is sent with (`Stripe-Version`), so the shapes
+/// this Worker parses (`collected_information`, a promotion code's `coupon`) never
+/// follow the account's default version. Change it only with the code that reads them.
+pub const STRIPE_VERSION: Setting = Setting {
+    default: Some("2025-03-31.basil"),
+    ..plain(
+        STRIPE_API_VERSION,
+        Feature::StripeApi,
+        "Stripe-Version sent on every Stripe API call; the shapes the code reads are this version's.",
     )
 };
 pub const ADMIN: Setting = secret(
@@ -384,6 +396,7 @@ pub const SETTINGS: &[Setting] = &[
     FORWARD_SIGNING,
     STRIPE_KEY,
     STRIPE_BASE,
+    STRIPE_VERSION,
     ADMIN,
     RETENTION,
     MAX_ATTEMPTS,

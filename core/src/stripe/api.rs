@@ -24,6 +24,9 @@ const TOO_MANY_PAGES: &str = "more than 100 pages of line items";
 pub struct StripeApi<'a> {
     pub base: &'a str,
     pub key: &'a Secret,
+    /// `Stripe-Version` of every call (`STRIPE_API_VERSION`): the answers' shapes are
+    /// this version's, never the account default's.
+    pub version: &'a str,
 }
 
 /// A line of the shipping order, in the order's field names.
@@ -74,12 +77,16 @@ struct RawPaymentIntent {
 }
 
 impl StripeApi<'_> {
-    /// A call to `{base}{path}` with the key as bearer; a POST adds its body.
+    /// A call to `{base}{path}` with the key as bearer and the pinned `Stripe-Version`;
+    /// a POST adds its body.
     pub(super) fn request(&self, method: Method, path: String) -> HttpRequest {
         HttpRequest {
             method,
             url: format!("{}{path}", self.base),
-            headers: vec![("authorization", format!("Bearer {}", self.key.expose()))],
+            headers: vec![
+                ("authorization", format!("Bearer {}", self.key.expose())),
+                ("stripe-version", self.version.to_string()),
+            ],
             body: None,
             timeout_ms: 0,
         }

@@ -1,5 +1,5 @@
 //! The Stripe API calls of checkout, as methods of the one [`StripeApi`]: find a
-//! promotion code, read a coupon, create a Checkout Session; and their models. Each
+//! promotion code (its coupon expanded), create a Checkout Session; and their models. Each
 //! returns what the handler needs, or a [`StripeError`] that keeps the status and
 //! Stripe's request id for the log and nothing of Stripe's answer.
 
@@ -88,7 +88,9 @@ struct RawSession {
 }
 
 impl StripeApi<'_> {
-    /// The active promotion code whose customer-facing code is `code`, if any.
+    /// The active promotion code whose customer-facing code is `code`, if any, with its
+    /// coupon's `applies_to` expanded (the pinned version puts the coupon object under
+    /// `coupon`): everything needed to judge any code, in one call.
     pub async fn find_promotion_code(
         &self,
         upstream: &impl Upstream,
@@ -97,7 +99,7 @@ impl StripeApi<'_> {
         code: &str,
     ) -> Result<Option<PromotionCode>, StripeError> {
         let path = format!(
-            "/v1/promotion_codes?code={}&active=true&limit=1",
+            "/v1/promotion_codes?code={}&active=true&limit=1&expand%5B%5D=data.coupon.applies_to",
             encode_component(code)
         );
         let response = self
@@ -111,25 +113,6 @@ impl StripeApi<'_> {
             .await?;
         let list: List<PromotionCode> = read(&response, "unreadable promotion code list")?;
         Ok(list.data.into_iter().next())
-    }
-
-    /// A coupon with its product restriction (`applies_to` is only sent when expanded).
-    pub async fn coupon(
-        &self,
-        upstream: &impl Upstream,
-        clock: &impl Clock,
-        deadline: Deadline,
-        id: &str,
-    ) -> Result<Coupon, StripeError> {
-        // Coupon ids may be chosen by hand (`SUMMER-25`): encoded, never trusted as a path.
-        let path = format!(
-            "/v1/coupons/{}?expand%5B%5D=applies_to",
-            encode_component(id)
-        );
-        let response = self
-            .get(upstream, clock, deadline, path, "coupon lookup refused")
-            .await?;
-        read(&response, "unreadable coupon")
     }
 
     /// `POST /v1/checkout/sessions` with `form_body` (form-encoded parameters). A 409

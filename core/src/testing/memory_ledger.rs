@@ -18,6 +18,8 @@ pub struct MemoryLedger {
     pub events: RefCell<BTreeMap<String, EventRecord>>,
     pub purchases: RefCell<BTreeMap<String, PurchaseState>>,
     pub steps: RefCell<BTreeMap<(String, &'static str), StepRow>>,
+    /// `steps.body_digest`, by step.
+    pub body_digests: RefCell<BTreeMap<(String, &'static str), String>>,
     pub cursors: RefCell<BTreeMap<&'static str, i64>>,
     /// Per purchase: livemode, created_at, updated_at (what the ops API lists).
     pub purchase_times: RefCell<BTreeMap<String, (bool, u64, u64)>>,
@@ -354,7 +356,35 @@ impl Ledger for MemoryLedger {
         Ok(Some(StepClaim {
             attempt: row.attempts,
             event_id: row.event_id.clone(),
+            body_digest: self
+                .body_digests
+                .borrow()
+                .get(&(session_id.to_string(), step))
+                .cloned(),
         }))
+    }
+
+    async fn pin_body(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        digests: &str,
+        _now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.check("pin_body")?;
+        let key = (session_id.to_string(), step);
+        let holds = self
+            .steps
+            .borrow()
+            .get(&key)
+            .is_some_and(|r| r.state == StepState::Running && r.attempts == attempt);
+        let mut pinned = self.body_digests.borrow_mut();
+        if !holds || pinned.contains_key(&key) {
+            return Ok(false);
+        }
+        pinned.insert(key, digests.to_string());
+        Ok(true)
     }
 
     async fn step(

@@ -218,8 +218,23 @@ impl Future for YieldOnce {
     }
 }
 
+/// Every Stripe API call carries the pinned `Stripe-Version` (`STRIPE_API_VERSION`):
+/// a fake Stripe refuses, loudly, a call without it, so no native test passes over one.
+pub fn assert_stripe_version(request: &HttpRequest) {
+    if request.url.starts_with("https://stripe.test/") {
+        let pinned = crate::settings::registry::STRIPE_VERSION.default;
+        assert_eq!(
+            request.header("stripe-version"),
+            pinned,
+            "a Stripe API call without the pinned Stripe-Version: {}",
+            request.url
+        );
+    }
+}
+
 impl Upstream for FakeUpstream {
     async fn send(&self, request: HttpRequest) -> Answer {
+        assert_stripe_version(&request);
         self.calls.borrow_mut().push(request.clone());
         if self.yield_in_calls.get() {
             YieldOnce(false).await;
