@@ -218,9 +218,9 @@ struct Reconciled {
 enum Listing {
     /// Every page, down to the one with `has_more: false`, newest first.
     Complete(Vec<Box<serde_json::value::RawValue>>),
-    /// More than [`RECONCILE_WINDOW_PAGES`] pages: the window must shrink. `oldest` is
-    /// the `created` of the last event listed (every event after it was listed).
-    TooMany { oldest: i64 },
+    /// More than [`RECONCILE_WINDOW_PAGES`] pages: the window must shrink. Those pages
+    /// held the events created from `oldest` (the last listed) to `newest` (the first).
+    TooMany { newest: i64, oldest: i64 },
     /// The run's budget was spent before the next page could be asked for.
     OutOfTime,
     /// Stripe could not list (the reason, for the log).
@@ -265,12 +265,18 @@ async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         None => present - RECONCILE_FIRST_LOOKBACK_SECS,
     };
     let mut span = RECONCILE_FIRST_WINDOW_SECS;
-    // Once a window had too many pages, no later one of this run grows past the
-    // length that was found to fit, so an empty stretch before a dense one cannot
-    // grow the window into the dense one again.
-    let mut ceiling = i64::MAX;
+    // Where a window had too many pages: the `created` its listing stopped at, and a
+    // length that fits there. The stretch before it is walked first (windows grow over
+    // it as usual but end there), then a window of that length starts there, so the
+    // dense stretch is not listed in vain again.
+    let mut dense: Option<(i64, i64)> = None;
     'windows: while from < present {
-        let until = from.saturating_add(span).min(present);
+        let mut until = from.saturating_add(span).min(present);
+        match dense {
+            Some((at, _)) if from < at => until = until.min(at),
+            Some((at, fit)) if from == at => until = until.min(at.saturating_add(fit)),
+            _ => {}
+        }
         let window = EventWindow {
             from,
             until,
@@ -278,9 +284,9 @@ async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         };
         let events = match list_window(deps, &stripe, window, budget_end).await {
             Listing::Complete(events) => events,
-            Listing::TooMany { oldest } => {
-                span = shrunk(window, oldest);
-                ceiling = ceiling.min(span);
+            Listing::TooMany { newest, oldest } => {
+                span = shrunk(window, newest, oldest);
+                dense = Some((oldest, span));
                 continue;
             }
             Listing::OutOfTime => break,
@@ -312,7 +318,7 @@ async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         deps.ledger
             .advance_cursor(RECONCILE_CURSOR, until, deps.clock.now_ms())
             .await?;
-        span = grown(window, events.len()).min(ceiling);
+        span = grown(window, events.len());
         from = until;
     }
     if from < present {
@@ -340,6 +346,7 @@ async fn list_window<L, U: Upstream, C: Clock, S>(
         RECONCILE_WINDOW_PAGES
     };
     let mut events = Vec::new();
+    let mut newest: Option<i64> = None;
     let mut after: Option<Listed> = None;
     for _ in 0..page_limit {
         let now = deps.clock.now_ms();
@@ -355,6 +362,13 @@ async fn list_window<L, U: Upstream, C: Clock, S>(
             Ok(page) => page,
             Err(e) => return Listing::Failed(e.message()),
         };
+        if newest.is_none() {
+            newest = page
+                .data
+                .first()
+                .and_then(|raw| listed(raw.get()))
+                .map(|e| e.created);
+        }
         let last = page.data.last().map(|raw| listed(raw.get()));
         events.extend(page.data);
         if !page.has_more {
@@ -373,6 +387,7 @@ async fn list_window<L, U: Upstream, C: Clock, S>(
     }
     match after {
         Some(last) => Listing::TooMany {
+            newest: newest.unwrap_or(window.until - 1).max(last.created),
             oldest: last.created,
         },
         None => Listing::OutOfTime,
@@ -391,10 +406,10 @@ fn grown(window: EventWindow<'_>, count: usize) -> i64 {
 }
 
 /// A shorter window, after a listing of `window` stopped at its page limit: its pages
-/// held everything created from `oldest` to its end, so about half that length is
+/// held the events created from `oldest` to `newest`, so about half that length is
 /// expected to fit, and never more than half of `window`.
-fn shrunk(window: EventWindow<'_>, oldest: i64) -> i64 {
-    let listed = (window.until - oldest).max(1);
+fn shrunk(window: EventWindow<'_>, newest: i64, oldest: i64) -> i64 {
+    let listed = (newest - oldest + 1).max(1);
     let full = RECONCILE_WINDOW_PAGES as i64 * 100;
     let by_density = listed.saturating_mul(RECONCILE_TARGET_EVENTS as i64) / full;
     by_density.min((window.until - window.from) / 2).max(1)

@@ -741,6 +741,14 @@ mod reconciliation {
             world.clock.0.set(run_start + SCHEDULE_MS);
         }
         assert!(runs.len() > 2, "the budget spread it over several runs");
+        // 25 pages of events, listed again only where a run stopped mid-window or a
+        // window had to shrink.
+        let listings = world.upstream.calls_to(Svc::Events).len();
+        assert!(
+            listings <= 100,
+            "{listings} listings over {} runs",
+            runs.len()
+        );
         let total: u32 = runs.iter().map(|s| s.reconciled).sum();
         assert_eq!(total as usize, n, "each event ingested exactly once");
         let keys = license_keys(&world);
@@ -857,6 +865,31 @@ mod reconciliation {
             "at most the call in flight is repeated, with its key"
         );
         assert_eq!(cursor(&world), Some((at / 1000) as i64));
+    }
+
+    #[test]
+    fn more_pages_in_one_second_than_a_window_may_take_are_still_listed_whole() {
+        let world = world();
+        world.upstream.events.replace(
+            (0..700)
+                .map(|k| {
+                    listed_event(
+                        &format!("evt_{k:05}"),
+                        &format!("cs_{k:05}"),
+                        NOW_SECS - 100,
+                    )
+                })
+                .collect(),
+        );
+        let summary = block_on(run(&world.deps()));
+        assert_eq!(
+            (summary.reconciled, summary.reconcile_behind_secs),
+            (700, 0)
+        );
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 700);
+        let listings = world.upstream.calls_to(Svc::Events).len();
+        assert!(listings <= 40, "{listings} listings");
+        assert_eq!(cursor(&world), Some(NOW_SECS));
     }
 
     #[test]

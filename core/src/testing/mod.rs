@@ -179,12 +179,18 @@ fn list_events(events: &[String], url: &str) -> String {
     let matching: Vec<(String, &String)> = events
         .iter()
         .filter_map(|raw| {
-            let event: serde_json::Value = serde_json::from_str(raw).expect("an event");
-            let created = event["created"].as_i64().expect("created");
-            let kind = event["type"].as_str().expect("type");
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                id: &'a str,
+                created: i64,
+                #[serde(rename = "type")]
+                kind: &'a str,
+            }
+            let event: Head = serde_json::from_str(raw).expect("an event with id, created, type");
+            let (created, kind) = (event.created, event.kind);
             let inside = gte.is_none_or(|g| created >= g) && lt.is_none_or(|l| created < l);
             let typed = types.is_empty() || types.iter().any(|t| t == kind);
-            (inside && typed).then(|| (event["id"].as_str().unwrap().to_string(), raw))
+            (inside && typed).then(|| (event.id.to_string(), raw))
         })
         .collect();
     let start = match param("starting_after") {
