@@ -84,6 +84,7 @@ export async function startStandin() {
   let lineItems = new Map(); // sessionId -> { items, pageSize }
   let paymentIntents = new Map();
   let events = []; // Stripe event objects, newest first as GET /v1/events lists them
+  let eventsListing = { pageSize: 100, delayMs: 0 }; // how GET /v1/events pages and how slowly
   let sessions = new Map(); // Checkout Sessions GET /v1/checkout/sessions/:id returns
   let created = []; // Checkout Sessions POST /v1/checkout/sessions created: { id, form, idempotency_key }
   let stripeKeys = new Map(); // Idempotency-Key -> { raw, answer } of session creations
@@ -168,7 +169,9 @@ export async function startStandin() {
 
     const [status, answer] = route(service, req.method, u, call);
     call.status = status;
-    if (fault?.kind === 'delay') {
+    // A slow event listing (setEventsListing) answers every page after its delay.
+    const listingDelay = !fault && u.pathname === '/stripe/v1/events' ? eventsListing.delayMs : 0;
+    if (fault?.kind === 'delay' || listingDelay > 0) {
       call.outcome = 'delayed';
       const entry = {
         release: () => { clearTimeout(entry.timer); res.destroy(); },
@@ -176,7 +179,7 @@ export async function startStandin() {
       entry.timer = setTimeout(() => {
         pending.delete(entry);
         send(res, status, answer, headers);
-      }, fault.ms);
+      }, fault?.ms ?? listingDelay);
       pending.add(entry);
       res.on('close', () => { clearTimeout(entry.timer); pending.delete(entry); });
       return undefined;
@@ -349,11 +352,14 @@ export async function startStandin() {
       return [200, coupon];
     }
     if (u.pathname === '/stripe/v1/events') {
-      // Filtered by created[gte] and types[] as Stripe does, then paginated.
-      const since = Number(u.searchParams.get('created[gte]') ?? 0);
+      // Filtered by created[gte], created[lt] and types[] as Stripe does, then paginated
+      // (limit, starting_after), at most eventsListing.pageSize a page.
+      const since = Number(u.searchParams.get('created[gte]') ?? -Infinity);
+      const until = Number(u.searchParams.get('created[lt]') ?? Infinity);
       const types = u.searchParams.getAll('types[]');
-      const items = events.filter((e) => e.created >= since && (types.length === 0 || types.includes(e.type)));
-      return list({ items, pageSize: 100 }, u, '/v1/events');
+      const items = events.filter((e) => e.created >= since && e.created < until
+        && (types.length === 0 || types.includes(e.type)));
+      return list({ items, pageSize: eventsListing.pageSize }, u, '/v1/events');
     }
     return [404, stripeError(404, `Unrecognized request URL (GET: ${u.pathname.replace(/^\/stripe/, '')}).`)];
   }
@@ -538,6 +544,7 @@ export async function startStandin() {
       lineItems = new Map();
       paymentIntents = new Map();
       events = [];
+      eventsListing = { pageSize: 100, delayMs: 0 };
       sessions = new Map();
       created = [];
       stripeKeys = new Map();
@@ -556,6 +563,8 @@ export async function startStandin() {
     setPaymentIntent(id, object) { paymentIntents.set(id, { id, object: 'payment_intent', ...object }); },
     /** Events GET /v1/events lists (give them newest first, as Stripe lists them). */
     setEvents(list) { events = list.map((e) => ({ ...e })); },
+    /** How GET /v1/events answers: at most `pageSize` events a page (Stripe: 100), each page after `delayMs`. */
+    setEventsListing({ pageSize = 100, delayMs = 0 } = {}) { eventsListing = { pageSize, delayMs }; },
     /** The Checkout Session GET /v1/checkout/sessions/:id returns (replays, re-drives, queue mode). */
     setSession(object) { sessions.set(object.id, { object: 'checkout.session', ...object }); },
     /** A promotion code GET /v1/promotion_codes lists (give `id`, `code`, `active`, `coupon`, ...). */

@@ -5,7 +5,7 @@
 //! cannot: a Worker that died mid-call (a running step with an expired lease), a step
 //! released after Stripe's last retry, or a purchase replayed by hand.
 
-use crate::fulfilment::{self, Deps, ResumeError, RunOutcome};
+use crate::fulfilment::{self, plan, Deps, ResumeError, RunOutcome};
 use crate::http::webhook;
 use crate::ingress::{self, Refusal, Seen, Status, Verdict};
 use crate::log::Line;
@@ -13,7 +13,7 @@ use crate::ports::ledger::{Ledger, LedgerError};
 use crate::ports::FulfilMessage;
 use crate::ports::{Clock, Upstream};
 use crate::ports::{Sink, Throttle};
-use crate::stripe::api::StripeApi;
+use crate::stripe::api::{EventWindow, StripeApi};
 use crate::upstream::Deadline;
 
 /// Purchases re-driven per run, so a run stays within the scheduled handler's limits
@@ -38,6 +38,9 @@ pub struct Summary {
     pub enqueued: u32,
     /// Events listed from the Stripe API that the ledger had never seen, now ingested.
     pub reconciled: u32,
+    /// How far reconciliation's cursor is behind the run's start when the run left
+    /// the rest to the next one (seconds); 0 when it caught up.
+    pub reconcile_behind_secs: u64,
     pub pruned: u32,
     /// The tasks of this run that failed (`reconcile`, `redrive`, `retention`,
     /// `code_windows`); each also logged a `scheduled task failed` line.
@@ -51,8 +54,25 @@ pub const RECONCILE_FIRST_LOOKBACK_SECS: i64 = 3 * 86_400;
 /// Each run lists again this far before the cursor: an event created just before the
 /// last listing may only become listable a little later.
 pub const RECONCILE_OVERLAP_SECS: i64 = 600;
-/// Pages of 100 events listed per run; a longer window is finished by later runs.
-pub const RECONCILE_MAX_PAGES: usize = 50;
+/// Pages of 100 events one window may take: a window that needs more is shrunk
+/// before anything of it is ingested (one run lists several windows).
+pub const RECONCILE_WINDOW_PAGES: usize = 5;
+/// The events a window is sized for, from the density of the last one (half of what
+/// a window may hold, so a denser stretch rarely needs a shrink).
+pub const RECONCILE_TARGET_EVENTS: usize = 250;
+/// The length of a run's first window; later ones follow the density.
+pub const RECONCILE_FIRST_WINDOW_SECS: i64 = 3_600;
+/// What reconciliation lists: every event type this Worker acts on, the checkout
+/// types and the money-back ones, so a lost refund webhook is taken back too.
+pub const RECONCILED_TYPES: [&str; 7] = [
+    plan::COMPLETED,
+    plan::ASYNC_SUCCEEDED,
+    plan::ASYNC_FAILED,
+    plan::CHARGE_REFUNDED,
+    plan::DISPUTE_CREATED,
+    plan::DISPUTE_CLOSED,
+    plan::SUBSCRIPTION_DELETED,
+];
 
 /// Runs every task of a scheduled run: reconciliation, re-drive, retention. Each runs
 /// whatever became of the others (a failed reconciliation must not stop the prune, nor
@@ -62,7 +82,10 @@ pub async fn run<L: Ledger, U: Upstream, C: Clock, S: Sink>(
 ) -> Summary {
     let mut summary = Summary::default();
     match reconcile(deps).await {
-        Ok(reconciled) => summary.reconciled = reconciled,
+        Ok(done) => {
+            summary.reconciled = done.ingested;
+            summary.reconcile_behind_secs = done.behind_secs;
+        }
         Err(e) => task_failed(deps.log, &mut summary, "reconcile", &e),
     }
     if let Err(e) = redrive(deps, &mut summary).await {
@@ -182,85 +205,226 @@ async fn unresumable<L: Ledger, U, C: Clock, S: Sink>(
     Ok(())
 }
 
-/// Lists the Checkout events Stripe created since the last run (all pages, bounded)
-/// and ingests those the ledger has never seen, oldest first, so an outage of this
-/// endpoint loses no purchase. Needs `STRIPE_API_KEY`; without it, does nothing.
-/// The cursor moves only after a complete listing, so a failed or truncated run is
-/// listed again by the next one.
+/// What one run's reconciliation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Reconciled {
+    ingested: u32,
+    /// How far the cursor is behind the moment the run started, in seconds, when the
+    /// budget or a failed listing stopped it before the present; 0 when it caught up.
+    behind_secs: u64,
+}
+
+/// How the listing of one window ended.
+enum Listing {
+    /// Every page, down to the one with `has_more: false`, newest first.
+    Complete(Vec<Box<serde_json::value::RawValue>>),
+    /// More than [`RECONCILE_WINDOW_PAGES`] pages: the window must shrink. Those pages
+    /// held the events created from `oldest` (the last listed) to `newest` (the first).
+    TooMany { newest: i64, oldest: i64 },
+    /// The run's budget was spent before the next page could be asked for.
+    OutOfTime,
+    /// Stripe could not list (the reason, for the log).
+    Failed(String),
+}
+
+/// Ingests the events Stripe created since the cursor that the ledger has never seen,
+/// so an outage of this endpoint loses no purchase and no refund. Needs
+/// `STRIPE_API_KEY`; without it, does nothing.
+///
+/// It walks `created` windows oldest first, from the cursor (less an overlap) to the
+/// moment the run started: each window is listed completely (newest first, page after
+/// page, as Stripe lists), then its events are ingested oldest first, and only then
+/// does the cursor move to the window's end. So a run stopped anywhere (its budget
+/// spent, Stripe failing, the isolate killed) keeps every window it finished and the
+/// next run starts from the first one it did not; events it ingested from an
+/// unfinished window are skipped when that window is listed again. A window whose
+/// listing needs more than [`RECONCILE_WINDOW_PAGES`] pages is shrunk (from what those
+/// pages told of the density) before anything of it is ingested, and the next window's
+/// length follows the density of the last one, so every run moves the cursor however
+/// large the backlog. No new listing or ingestion starts once
+/// `RECONCILE_BUDGET_MS` is spent.
+///
+/// Ingestion is the webhook's: in queue mode a purchase is recorded and sent to the
+/// queue; inline, it is fulfilled by this run.
 async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
-) -> Result<u32, LedgerError> {
+) -> Result<Reconciled, LedgerError> {
+    let mut done = Reconciled::default();
     let Some(key) = deps.config.stripe_api_key.as_ref() else {
-        return Ok(0);
+        return Ok(done);
     };
     let stripe = StripeApi {
         base: &deps.config.stripe_api_base,
         key,
         version: &deps.config.stripe_api_version,
     };
-    let listed_at = (deps.clock.now_ms() / 1000) as i64;
-    let since = match deps.ledger.cursor(RECONCILE_CURSOR).await? {
+    let started = deps.clock.now_ms();
+    let budget_end = started.saturating_add(deps.config.reconcile_budget_ms);
+    let present = (started / 1000) as i64;
+    let mut from = match deps.ledger.cursor(RECONCILE_CURSOR).await? {
         Some(until) => until - RECONCILE_OVERLAP_SECS,
-        None => listed_at - RECONCILE_FIRST_LOOKBACK_SECS,
+        None => present - RECONCILE_FIRST_LOOKBACK_SECS,
     };
-    let deadline = Deadline::new(deps.clock.now_ms(), deps.config.upstream_timeout_ms);
+    let mut span = RECONCILE_FIRST_WINDOW_SECS;
+    // Where a window had too many pages: the `created` its listing stopped at, and a
+    // length that fits there. The stretch before it is walked first (windows grow over
+    // it as usual but end there), then a window of that length starts there, so the
+    // dense stretch is not listed in vain again.
+    let mut dense: Option<(i64, i64)> = None;
+    'windows: while from < present {
+        let mut until = from.saturating_add(span).min(present);
+        match dense {
+            Some((at, _)) if from < at => until = until.min(at),
+            Some((at, fit)) if from == at => until = until.min(at.saturating_add(fit)),
+            _ => {}
+        }
+        let window = EventWindow {
+            from,
+            until,
+            types: &RECONCILED_TYPES,
+        };
+        let events = match list_window(deps, &stripe, window, budget_end).await {
+            Listing::Complete(events) => events,
+            Listing::TooMany { newest, oldest } => {
+                span = shrunk(window, newest, oldest);
+                dense = Some((oldest, span));
+                continue;
+            }
+            Listing::OutOfTime => break,
+            Listing::Failed(reason) => {
+                Line::warn("reconciliation could not list events")
+                    .text("reason", &reason)
+                    .emit(deps.log);
+                break;
+            }
+        };
+        for raw in events.iter().rev() {
+            if deps.clock.now_ms() >= budget_end {
+                break 'windows;
+            }
+            let now = deps.clock.now_ms();
+            let decision = ingress::ingest(deps, raw.get().as_bytes(), now, Seen::Skip).await;
+            match &decision.verdict {
+                Verdict::Recorded(Status::Duplicate) => continue,
+                Verdict::Refused(Refusal::Unavailable(e)) => return Err(e.clone()),
+                _ => {}
+            }
+            done.ingested += 1;
+            webhook::decision_line(&decision, 0).emit(deps.log);
+            Line::warn("reconciled an event never delivered")
+                .opt_id("event_id", decision.event_id.as_deref())
+                .opt_id("session_id", decision.object_id.as_deref())
+                .emit(deps.log);
+        }
+        deps.ledger
+            .advance_cursor(RECONCILE_CURSOR, until, deps.clock.now_ms())
+            .await?;
+        span = grown(window, events.len());
+        from = until;
+    }
+    if from < present {
+        done.behind_secs = (present - from) as u64;
+        Line::warn("reconciliation continues next run")
+            .num("behind_secs", done.behind_secs)
+            .num("ingested", u64::from(done.ingested))
+            .emit(deps.log);
+    }
+    Ok(done)
+}
+
+/// Lists one window completely, page after page (each call within the per-call timeout,
+/// none started once the budget is spent), or says why it could not.
+async fn list_window<L, U: Upstream, C: Clock, S>(
+    deps: &Deps<'_, L, U, C, S>,
+    stripe: &StripeApi<'_>,
+    window: EventWindow<'_>,
+    budget_end: u64,
+) -> Listing {
+    // A window of one second cannot be split: it is listed whatever its length.
+    let page_limit = if window.until - window.from <= 1 {
+        usize::MAX
+    } else {
+        RECONCILE_WINDOW_PAGES
+    };
     let mut events = Vec::new();
-    let mut after: Option<String> = None;
-    let mut complete = false;
-    for _ in 0..RECONCILE_MAX_PAGES {
+    let mut newest: Option<i64> = None;
+    let mut after: Option<Listed> = None;
+    for _ in 0..page_limit {
+        let now = deps.clock.now_ms();
+        if now >= budget_end {
+            return Listing::OutOfTime;
+        }
+        let deadline = Deadline::new(now, deps.config.upstream_timeout_ms);
+        let starting_after = after.as_ref().map(|last| last.id.as_str());
         let page = match stripe
-            .checkout_events_page(deps.upstream, deps.clock, deadline, since, after.as_deref())
+            .events_page(deps.upstream, deps.clock, deadline, window, starting_after)
             .await
         {
             Ok(page) => page,
-            Err(e) => {
-                Line::warn("reconciliation could not list events")
-                    .text("reason", &e.message())
-                    .emit(deps.log);
-                return Ok(0);
-            }
+            Err(e) => return Listing::Failed(e.message()),
         };
-        after = page.data.last().and_then(|raw| event_id(raw.get()));
+        if newest.is_none() {
+            newest = page
+                .data
+                .first()
+                .and_then(|raw| listed(raw.get()))
+                .map(|e| e.created);
+        }
+        let last = page.data.last().map(|raw| listed(raw.get()));
         events.extend(page.data);
-        if !page.has_more || after.is_none() {
-            complete = true;
-            break;
+        if !page.has_more {
+            return Listing::Complete(events);
+        }
+        match last {
+            Some(Some(last)) => after = Some(last),
+            // Without the last event's id the next page cannot be asked for, and the
+            // window must not be taken as complete.
+            _ => {
+                return Listing::Failed(
+                    "Stripe API sent a page with has_more and no event id".into(),
+                )
+            }
         }
     }
-    let mut ingested = 0;
-    for raw in events.iter().rev() {
-        let decision =
-            ingress::ingest(deps, raw.get().as_bytes(), deps.clock.now_ms(), Seen::Skip).await;
-        match &decision.verdict {
-            Verdict::Recorded(Status::Duplicate) => continue,
-            Verdict::Refused(Refusal::Unavailable(e)) => return Err(e.clone()),
-            _ => {}
-        }
-        ingested += 1;
-        webhook::decision_line(&decision, 0).emit(deps.log);
-        Line::warn("reconciled an event never delivered")
-            .opt_id("event_id", decision.event_id.as_deref())
-            .opt_id("session_id", decision.object_id.as_deref())
-            .emit(deps.log);
+    match after {
+        Some(last) => Listing::TooMany {
+            newest: newest.unwrap_or(window.until - 1).max(last.created),
+            oldest: last.created,
+        },
+        None => Listing::OutOfTime,
     }
-    if complete {
-        deps.ledger
-            .advance_cursor(RECONCILE_CURSOR, listed_at, deps.clock.now_ms())
-            .await?;
-    } else {
-        Line::warn("reconciliation window truncated")
-            .num("listed", events.len() as u64)
-            .emit(deps.log);
-    }
-    Ok(ingested)
 }
 
-fn event_id(raw: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: String,
+/// The next window's length after one of `window` that held `count` events: sized for
+/// [`RECONCILE_TARGET_EVENTS`] at that density, at most 8 times longer.
+fn grown(window: EventWindow<'_>, count: usize) -> i64 {
+    let span = (window.until - window.from).max(1);
+    let target = RECONCILE_TARGET_EVENTS as i64;
+    match count as i64 {
+        0 => span.saturating_mul(8),
+        n => (span.saturating_mul(target) / n).clamp(1, span.saturating_mul(8)),
     }
-    serde_json::from_str::<Id>(raw).ok().map(|e| e.id)
+}
+
+/// A shorter window, after a listing of `window` stopped at its page limit: its pages
+/// held the events created from `oldest` to `newest`, so about half that length is
+/// expected to fit, and never more than half of `window`.
+fn shrunk(window: EventWindow<'_>, newest: i64, oldest: i64) -> i64 {
+    let listed = (newest - oldest + 1).max(1);
+    let full = RECONCILE_WINDOW_PAGES as i64 * 100;
+    let by_density = listed.saturating_mul(RECONCILE_TARGET_EVENTS as i64) / full;
+    by_density.min((window.until - window.from) / 2).max(1)
+}
+
+/// The id and `created` of a listed event, enough to page on and to size windows.
+#[derive(serde::Deserialize)]
+struct Listed {
+    id: String,
+    created: i64,
+}
+
+fn listed(raw: &str) -> Option<Listed> {
+    serde_json::from_str::<Listed>(raw).ok()
 }
 
 /// The whole scheduled run: re-drive, reconciliation and retention ([`run`]), then the
@@ -298,6 +462,7 @@ pub fn summary_line(summary: &Summary, duration_ms: u64) -> Line {
         .num("still_waiting", u64::from(summary.still_waiting))
         .num("enqueued", u64::from(summary.enqueued))
         .num("reconciled", u64::from(summary.reconciled))
+        .num("reconcile_behind_secs", summary.reconcile_behind_secs)
         .num("pruned", u64::from(summary.pruned))
         .ids("failed", &summary.failed)
         .num("duration_ms", duration_ms)

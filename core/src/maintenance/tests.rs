@@ -510,20 +510,50 @@ mod queue_mode {
 
 mod reconciliation {
     use super::*;
-    use crate::maintenance::{RECONCILE_CURSOR, RECONCILE_FIRST_LOOKBACK_SECS};
+    use crate::maintenance::{
+        RECONCILED_TYPES, RECONCILE_CURSOR, RECONCILE_FIRST_LOOKBACK_SECS,
+        RECONCILE_FIRST_WINDOW_SECS,
+    };
+    use std::collections::BTreeSet;
 
-    fn list(events: &[String], has_more: bool) -> String {
+    const NOW_SECS: i64 = (NOW_MS / 1000) as i64;
+    const SCHEDULE_MS: u64 = 5 * 60_000;
+
+    fn listed_event(id: &str, session: &str, created: i64) -> String {
         format!(
-            r#"{{"object":"list","has_more":{has_more},"data":[{}]}}"#,
-            events.join(",")
+            r#"{{"id":"{id}","object":"event","type":"checkout.session.completed","livemode":false,"created":{created},
+               "data":{{"object":{{"id":"{session}","object":"checkout.session","payment_status":"paid","metadata":{{"slug":"pro"}}}}}}}}"#
         )
     }
 
-    fn listed_event(id: &str, session: &str) -> String {
-        format!(
-            r#"{{"id":"{id}","object":"event","type":"checkout.session.completed","livemode":false,"created":1699999000,
-               "data":{{"object":{{"id":"{session}","object":"checkout.session","payment_status":"paid","metadata":{{"slug":"pro"}}}}}}}}"#
-        )
+    /// `n` never-delivered Checkout events spread evenly over the `secs` before the
+    /// present, newest first as Stripe lists them.
+    fn backlog(n: usize, secs: i64) -> Vec<String> {
+        (0..n)
+            .map(|k| {
+                let created = NOW_SECS - 60 - (k as i64 * secs) / n as i64;
+                listed_event(&format!("evt_{k:05}"), &format!("cs_{k:05}"), created)
+            })
+            .collect()
+    }
+
+    fn cursor(world: &World) -> Option<i64> {
+        world.ledger.cursors.borrow().get(RECONCILE_CURSOR).copied()
+    }
+
+    fn license_keys(world: &World) -> Vec<String> {
+        world
+            .upstream
+            .calls_to(Svc::License)
+            .iter()
+            .map(|c| {
+                c.headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     #[test]
@@ -531,10 +561,11 @@ mod reconciliation {
         let world = world();
         world
             .upstream
-            .event_pages
-            .replace(vec![list(&[listed_event("evt_lost", "cs_lost")], false)]);
+            .events
+            .replace(vec![listed_event("evt_lost", "cs_lost", NOW_SECS - 1_000)]);
         let summary = block_on(run(&world.deps()));
         assert_eq!(summary.reconciled, 1);
+        assert_eq!(summary.reconcile_behind_secs, 0);
         assert!(world.ledger.events.borrow().contains_key("evt_lost"));
         assert_eq!(
             world.ledger.purchase("cs_lost"),
@@ -542,18 +573,16 @@ mod reconciliation {
         );
         assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
         let listing = &world.upstream.calls_to(Svc::Events)[0].url;
-        let since = (NOW_MS / 1000) as i64 - RECONCILE_FIRST_LOOKBACK_SECS;
+        let since = NOW_SECS - RECONCILE_FIRST_LOOKBACK_SECS;
+        let until = since + RECONCILE_FIRST_WINDOW_SECS;
         assert!(
-            listing.contains(&format!("created%5Bgte%5D={since}")),
+            listing.contains(&format!("created%5Bgte%5D={since}&created%5Blt%5D={until}")),
             "{listing}"
         );
-        assert!(listing.contains("types%5B%5D=checkout.session.async_payment_succeeded"));
-        assert_eq!(
-            world.ledger.cursors.borrow().get(RECONCILE_CURSOR),
-            Some(&((NOW_MS / 1000) as i64))
-        );
+        assert_eq!(cursor(&world), Some(NOW_SECS), "caught up: the present");
 
         // Listed again by the next run (overlap): not ingested twice.
+        world.clock.0.set(NOW_MS + SCHEDULE_MS);
         assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
         assert!(world
@@ -563,14 +592,53 @@ mod reconciliation {
     }
 
     #[test]
+    fn every_type_the_worker_acts_on_is_listed_so_a_lost_refund_is_taken_back() {
+        use crate::fulfilment::{plan, reversal};
+        for kind in RECONCILED_TYPES {
+            assert!(
+                plan::needs_session(kind) || reversal::is_reversal_type(kind),
+                "{kind}"
+            );
+        }
+        let world = world();
+        world.upstream.session.replace(Some(SESSION.into()));
+        let refund = format!(
+            r#"{{"id":"evt_refund","object":"event","type":"charge.refunded","livemode":false,"created":{},
+               "data":{{"object":{{"id":"ch_1","object":"charge","payment_intent":"pi_1","amount":3000,
+               "amount_refunded":3000,"refunded":true,"currency":"usd"}}}}}}"#,
+            NOW_SECS - 100
+        );
+        let paid = paid_event().replacen(
+            r#""livemode":false"#,
+            &format!(r#""livemode":false,"created":{}"#, NOW_SECS - 200),
+            1,
+        );
+        world.upstream.events.replace(vec![refund, paid]);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 2);
+        let listing = &world.upstream.calls_to(Svc::Events)[0].url;
+        for kind in RECONCILED_TYPES {
+            assert!(
+                listing.contains(&format!("types%5B%5D={kind}&"))
+                    || listing.ends_with(&format!("types%5B%5D={kind}")),
+                "{kind}: {listing}"
+            );
+        }
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 1);
+        assert_eq!(world.upstream.calls_to(Svc::Revoke).len(), 1, "taken back");
+        assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Refunded));
+    }
+
+    #[test]
     fn events_already_in_the_ledger_are_left_to_their_deliveries() {
         let world = world();
         world.upstream.script(Svc::License, [status(503)]);
         assert_eq!(deliver(&world), Verdict::Refused(Refusal::Retry));
-        world
-            .upstream
-            .event_pages
-            .replace(vec![list(&[paid_event()], false)]);
+        let listed = paid_event().replacen(
+            r#""livemode":false"#,
+            &format!(r#""livemode":false,"created":{}"#, NOW_SECS - 100),
+            1,
+        );
+        world.upstream.events.replace(vec![listed]);
         assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert_eq!(
             world.upstream.calls_to(Svc::License).len(),
@@ -582,23 +650,34 @@ mod reconciliation {
     #[test]
     fn every_page_is_listed_and_a_failed_listing_keeps_the_cursor() {
         let world = world();
-        world.upstream.event_pages.replace(vec![
-            list(&[listed_event("evt_b", "cs_b")], true),
-            list(&[listed_event("evt_a", "cs_a")], false),
-        ]);
-        assert_eq!(block_on(run(&world.deps())).reconciled, 2);
-        assert!(world.upstream.calls_to(Svc::Events)[1]
-            .url
-            .ends_with("&starting_after=evt_b"));
+        world.upstream.events.replace(backlog(150, 60));
+        assert_eq!(block_on(run(&world.deps())).reconciled, 150);
+        let listings = world.upstream.calls_to(Svc::Events);
+        let paged = listings
+            .iter()
+            .find(|c| c.url.contains("starting_after"))
+            .expect("a second page");
+        assert!(
+            paged.url.ends_with("&starting_after=evt_00099"),
+            "{}",
+            paged.url
+        );
 
         let failing = super::world();
+        failing.upstream.events.replace(backlog(1, 60));
         failing.upstream.script(Svc::Events, [status(500)]);
-        assert_eq!(block_on(run(&failing.deps())).reconciled, 0);
+        let summary = block_on(run(&failing.deps()));
+        assert_eq!(summary.reconciled, 0);
+        assert_eq!(
+            summary.reconcile_behind_secs,
+            RECONCILE_FIRST_LOOKBACK_SECS as u64
+        );
         assert!(failing.ledger.cursors.borrow().is_empty());
-        assert!(failing
-            .log
-            .joined()
-            .contains("reconciliation could not list events"));
+        let log = failing.log.joined();
+        assert!(log.contains("reconciliation could not list events"));
+        assert!(log.contains(r#""msg":"reconciliation continues next run""#));
+        // The next run lists the same window again and finds the event.
+        assert_eq!(block_on(run(&failing.deps())).reconciled, 1);
     }
 
     #[test]
@@ -609,5 +688,226 @@ mod reconciliation {
         });
         assert_eq!(block_on(run(&world.deps())).reconciled, 0);
         assert!(world.upstream.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn nothing_new_leaves_the_cursor_at_the_present_in_a_few_calls() {
+        let world = world();
+        let summary = block_on(run(&world.deps()));
+        assert_eq!((summary.reconciled, summary.reconcile_behind_secs), (0, 0));
+        assert_eq!(cursor(&world), Some(NOW_SECS));
+        assert!(
+            world.upstream.calls_to(Svc::Events).len() <= 4,
+            "windows grow over empty time"
+        );
+    }
+
+    /// The issue's scenario: the endpoint was down for 3 days and Stripe holds 2,500
+    /// Checkout events it never delivered (25 pages of 100); every page takes 1 s and
+    /// each purchase's calls take time too, so no run can do it all within its budget.
+    #[test]
+    fn a_three_day_backlog_over_25_slow_pages_is_ingested_once_over_several_runs() {
+        let world = world();
+        let n = 2_500;
+        world.upstream.events.replace(backlog(n, 3 * 86_400 - 600));
+        world.upstream.events_cost_ms.set(1_000);
+        world.upstream.call_cost_ms.set(5);
+        let budget = world.config.reconcile_budget_ms;
+        let mut runs = Vec::new();
+        loop {
+            let run_start = world.clock.0.get();
+            let summary = block_on(run(&world.deps()));
+            let took = world.clock.0.get() - run_start;
+            assert!(
+                took <= budget + 9_000,
+                "a run keeps to its budget: {took} ms"
+            );
+            assert_eq!(summary.redriven, 0, "fulfilled by the run that ingested it");
+            assert!(
+                world
+                    .ledger
+                    .purchases
+                    .borrow()
+                    .values()
+                    .all(|s| *s == PurchaseState::Fulfilled),
+                "nothing is left for the re-drive"
+            );
+            runs.push(summary.clone());
+            if summary.reconciled == 0 && summary.reconcile_behind_secs == 0 {
+                break;
+            }
+            assert!(summary.reconciled > 0, "every run makes progress: {runs:?}");
+            assert!(runs.len() < 40, "converges");
+            world.clock.0.set(run_start + SCHEDULE_MS);
+        }
+        assert!(runs.len() > 2, "the budget spread it over several runs");
+        // 25 pages of events, listed again only where a run stopped mid-window or a
+        // window had to shrink.
+        let listings = world.upstream.calls_to(Svc::Events).len();
+        assert!(
+            listings <= 100,
+            "{listings} listings over {} runs",
+            runs.len()
+        );
+        let total: u32 = runs.iter().map(|s| s.reconciled).sum();
+        assert_eq!(total as usize, n, "each event ingested exactly once");
+        let keys = license_keys(&world);
+        assert_eq!(keys.len(), n, "one license call per purchase");
+        assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), n);
+        assert_eq!(world.ledger.purchases.borrow().len(), n);
+        // The last run found nothing new and left the cursor at its own start.
+        let last_start = NOW_MS + (runs.len() as u64 - 1) * SCHEDULE_MS;
+        assert_eq!(cursor(&world), Some((last_start / 1000) as i64));
+        assert!(world
+            .log
+            .joined()
+            .contains(r#""msg":"reconciliation continues next run""#));
+    }
+
+    /// Polls `run` on one thread and drops it (the isolate killed) as soon as `kill`
+    /// holds while it waits on a call. Returns whether it finished.
+    fn run_killed_when(world: &World, kill: impl Fn() -> bool) -> bool {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        world.upstream.yield_in_calls.set(true);
+        let deps = world.deps();
+        let mut future = std::pin::pin!(run(&deps));
+        let mut cx = Context::from_waker(Waker::noop());
+        let finished = loop {
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(_) => break true,
+                Poll::Pending if kill() => break false,
+                Poll::Pending => {}
+            }
+        };
+        world.upstream.yield_in_calls.set(false);
+        finished
+    }
+
+    #[test]
+    fn a_run_killed_mid_window_loses_nothing_and_the_next_run_continues() {
+        let world = world();
+        let n = 600;
+        world.upstream.events.replace(backlog(n, 86_400));
+        world.upstream.events_cost_ms.set(1_000);
+        world.upstream.call_cost_ms.set(20);
+        // The re-drive fetches the session it resumes.
+        for k in 0..n {
+            world.upstream.sessions.borrow_mut().insert(
+                format!("cs_{k:05}"),
+                SESSION.replace("cs_1", &format!("cs_{k:05}")),
+            );
+        }
+        // Killed in the middle of ingesting a window: some purchases done, one in
+        // flight (its license call sent, no answer read).
+        let in_flight = || {
+            let calls = world.upstream.calls.borrow();
+            world.ledger.events.borrow().len() >= 40
+                && calls.last().is_some_and(|c| c.url.ends_with("/generate"))
+        };
+        assert!(!run_killed_when(&world, in_flight));
+        let first = world.ledger.events.borrow().len();
+        assert!(0 < first && first < n, "{first}");
+        // The cursor moved only over finished windows: past no event left unseen.
+        let reached = cursor(&world).unwrap_or(i64::MIN);
+        for raw in world.upstream.events.borrow().iter() {
+            let event: serde_json::Value = serde_json::from_str(raw).unwrap();
+            if !world
+                .ledger
+                .events
+                .borrow()
+                .contains_key(event["id"].as_str().unwrap())
+            {
+                assert!(event["created"].as_i64().unwrap() >= reached, "{raw}");
+            }
+        }
+        let mut at = NOW_MS;
+        for _ in 0..20 {
+            at += SCHEDULE_MS;
+            world.clock.0.set(at);
+            let summary = block_on(run(&world.deps()));
+            if summary.reconciled == 0
+                && summary.reconcile_behind_secs == 0
+                && summary.redriven == 0
+            {
+                break;
+            }
+        }
+        assert_eq!(world.ledger.events.borrow().len(), n);
+        assert!(
+            world
+                .ledger
+                .purchases
+                .borrow()
+                .values()
+                .all(|s| *s == PurchaseState::Fulfilled),
+            "the purchase cut off mid-call is finished by the re-drive: {:?} {:?}",
+            world
+                .ledger
+                .purchases
+                .borrow()
+                .iter()
+                .filter(|(_, s)| **s != PurchaseState::Fulfilled)
+                .collect::<Vec<_>>(),
+            world
+                .ledger
+                .steps
+                .borrow()
+                .iter()
+                .filter(|(_, r)| r.state != StepState::Done)
+                .collect::<Vec<_>>()
+        );
+        let keys = license_keys(&world);
+        let distinct: BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), n, "one Idempotency-Key per purchase");
+        assert!(
+            keys.len() <= n + 1,
+            "at most the call in flight is repeated, with its key"
+        );
+        assert_eq!(cursor(&world), Some((at / 1000) as i64));
+    }
+
+    #[test]
+    fn more_pages_in_one_second_than_a_window_may_take_are_still_listed_whole() {
+        let world = world();
+        world.upstream.events.replace(
+            (0..700)
+                .map(|k| {
+                    listed_event(
+                        &format!("evt_{k:05}"),
+                        &format!("cs_{k:05}"),
+                        NOW_SECS - 100,
+                    )
+                })
+                .collect(),
+        );
+        let summary = block_on(run(&world.deps()));
+        assert_eq!(
+            (summary.reconciled, summary.reconcile_behind_secs),
+            (700, 0)
+        );
+        assert_eq!(world.upstream.calls_to(Svc::License).len(), 700);
+        let listings = world.upstream.calls_to(Svc::Events).len();
+        assert!(listings <= 40, "{listings} listings");
+        assert_eq!(cursor(&world), Some(NOW_SECS));
+    }
+
+    #[test]
+    fn in_queue_mode_reconciled_purchases_go_to_the_queue() {
+        let world = world();
+        world.queue_mode.set(true);
+        world.upstream.events.replace(backlog(300, 3_600));
+        let summary = block_on(run(&world.deps()));
+        assert_eq!(summary.reconciled, 300);
+        assert_eq!(world.queue.sent.borrow().len(), 300);
+        assert!(
+            world.upstream.calls_to(Svc::License).is_empty(),
+            "nothing fulfilled inline"
+        );
+        assert_eq!(
+            world.ledger.step_row("cs_00000", "license").unwrap().state,
+            StepState::Pending
+        );
+        assert_eq!(cursor(&world), Some(NOW_SECS));
     }
 }

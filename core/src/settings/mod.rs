@@ -124,6 +124,8 @@ pub struct Config {
     /// Bearer token of the ops API; unset = no `/admin/` routes at all.
     pub admin_token: Option<Secret>,
     pub retention_days: u64,
+    /// Wall time per cron run for reconciliation (`RECONCILE_BUDGET_MS`).
+    pub reconcile_budget_ms: u64,
     /// Queue mode: attempts per step before it is failed and the message dead-lettered.
     /// Keep it at the consumer's `max_retries` + 1 in wrangler.toml.
     pub max_attempts: u32,
@@ -230,6 +232,7 @@ impl Config {
             signer
         });
         let retention_days = number(&registry::RETENTION, &get, &mut problems);
+        let reconcile_budget_ms = number(&registry::RECONCILE_BUDGET, &get, &mut problems);
         let max_attempts = number(&registry::MAX_ATTEMPTS, &get, &mut problems) as u32;
         let retry_base_secs = number(&registry::RETRY_BASE, &get, &mut problems) as u32;
         let checkout = checkout_settings(&get, &mut problems);
@@ -255,6 +258,7 @@ impl Config {
             admin_token: admin_token(get(ADMIN_TOKEN), &mut problems),
             dead_letter_queue: get(DEAD_LETTER_QUEUE).map(|q| q.trim().to_string()),
             retention_days,
+            reconcile_budget_ms,
             forward_signer,
             webhook_secrets,
             tolerance_secs,

@@ -85,6 +85,7 @@ pub const UPSTREAM_TIMEOUT_MS: &str = "UPSTREAM_TIMEOUT_MS";
 pub const FORWARD_SIGNING_SECRET: &str = "FORWARD_SIGNING_SECRET";
 pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const RETENTION_DAYS: &str = "RETENTION_DAYS";
+pub const RECONCILE_BUDGET_MS: &str = "RECONCILE_BUDGET_MS";
 pub const FULFILLMENT_MAX_ATTEMPTS: &str = "FULFILLMENT_MAX_ATTEMPTS";
 pub const QUEUE_RETRY_BASE_SECS: &str = "QUEUE_RETRY_BASE_SECS";
 pub const PRODUCTS: &str = "PRODUCTS";
@@ -238,6 +239,15 @@ pub const RETENTION: Setting = whole(
     "30",
     (4, 3_650),
     "Days the cron run keeps events (those of unfinished purchases stay).",
+);
+/// Wall time one scheduled run gives reconciliation; a backlog longer than that is
+/// finished by later runs (each moves the cursor over the windows it completed).
+pub const RECONCILE_BUDGET: Setting = whole(
+    RECONCILE_BUDGET_MS,
+    Feature::Maintenance,
+    "20000",
+    (1_000, 240_000),
+    "Milliseconds one cron run spends on reconciliation before it leaves the rest to the next.",
 );
 /// Keep it at the queue consumer's `max_retries` + 1 in wrangler.toml.
 pub const MAX_ATTEMPTS: Setting = whole(
@@ -399,6 +409,7 @@ pub const SETTINGS: &[Setting] = &[
     STRIPE_VERSION,
     ADMIN,
     RETENTION,
+    RECONCILE_BUDGET,
     MAX_ATTEMPTS,
     RETRY_BASE,
     CATALOGUE,

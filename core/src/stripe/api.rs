@@ -41,6 +41,15 @@ pub struct OrderLine {
     pub currency: Option<String>,
 }
 
+/// Which events one listing of `GET /v1/events` asks for: `types[]`, and `created` from
+/// `from` (included) until `until` (excluded), in unix seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWindow<'a> {
+    pub from: i64,
+    pub until: i64,
+    pub types: &'a [&'a str],
+}
+
 /// A page of `GET /v1/events`.
 #[derive(Debug, Deserialize)]
 pub struct EventsPage {
@@ -173,22 +182,24 @@ impl StripeApi<'_> {
         read(&response, "Stripe API sent an unreadable Checkout Session")
     }
 
-    /// One page of Checkout events created at or after `since` (unix seconds), newest
-    /// first as Stripe lists them. Each event is kept as raw JSON for ingestion.
-    pub async fn checkout_events_page(
+    /// One page of the events of `types` created in `window` (unix seconds, `from`
+    /// included, `until` excluded), newest first as Stripe lists them; the page after
+    /// `starting_after` within the same window. Each event is kept as raw JSON.
+    pub async fn events_page(
         &self,
         upstream: &impl Upstream,
         clock: &impl Clock,
         deadline: Deadline,
-        since: i64,
+        window: EventWindow<'_>,
         starting_after: Option<&str>,
     ) -> Result<EventsPage, StripeError> {
         let mut path = format!(
-            "/v1/events?limit={PAGE_SIZE}&created%5Bgte%5D={since}\
-             &types%5B%5D=checkout.session.completed\
-             &types%5B%5D=checkout.session.async_payment_succeeded\
-             &types%5B%5D=checkout.session.async_payment_failed"
+            "/v1/events?limit={PAGE_SIZE}&created%5Bgte%5D={}&created%5Blt%5D={}",
+            window.from, window.until
         );
+        for kind in window.types {
+            path.push_str(&format!("&types%5B%5D={}", encode_component(kind)));
+        }
         if let Some(id) = starting_after {
             path.push_str(&format!("&starting_after={}", path_segment(id)?));
         }

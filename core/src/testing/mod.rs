@@ -72,8 +72,11 @@ pub struct FakeUpstream {
     pub session: RefCell<Option<String>>,
     /// Sessions by id, asked before [`FakeUpstream::session`].
     pub sessions: RefCell<std::collections::BTreeMap<String, String>>,
-    /// Pages of `GET /v1/events`: the first, then the one after `starting_after`.
-    pub event_pages: RefCell<Vec<String>>,
+    /// Stripe's events, newest first: `GET /v1/events` is answered from them as
+    /// Stripe does (`created[gte]`, `created[lt]`, `types[]`, `starting_after`, `limit`).
+    pub events: RefCell<Vec<String>>,
+    /// Advances the clock by this much on every `GET /v1/events` (a slow listing).
+    pub events_cost_ms: Cell<u64>,
     /// When set, every call yields once to the executor, so joined deliveries interleave.
     pub yield_in_calls: Cell<bool>,
     /// Advances the clock by this much on every call (a slow upstream).
@@ -136,14 +139,7 @@ impl FakeUpstream {
                 .borrow()
                 .as_deref()
                 .unwrap_or(r#"{"id":"pi_1","shipping":null}"#)),
-            Svc::Events => {
-                let pages = self.event_pages.borrow();
-                let page = usize::from(request.url.contains("starting_after"));
-                ok(pages
-                    .get(page)
-                    .map(String::as_str)
-                    .unwrap_or(r#"{"object":"list","data":[],"has_more":false}"#))
-            }
+            Svc::Events => ok(&list_events(&self.events.borrow(), &request.url)),
             Svc::Session => {
                 let id = request.url.rsplit('/').next().unwrap_or_default();
                 if let Some(session) = self.sessions.borrow().get(id) {
@@ -165,6 +161,58 @@ impl FakeUpstream {
             }
         }
     }
+}
+
+/// One page of `GET /v1/events` over `events` (newest first), as Stripe answers `url`.
+fn list_events(events: &[String], url: &str) -> String {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let params: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let number = |name: &str| param(name).map(|v| v.parse::<i64>().expect("a number"));
+    let types: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| *k == "types%5B%5D")
+        .map(|(_, v)| v.to_string())
+        .collect();
+    let (gte, lt) = (number("created%5Bgte%5D"), number("created%5Blt%5D"));
+    let limit = number("limit").unwrap_or(10) as usize;
+    let matching: Vec<(String, &String)> = events
+        .iter()
+        .filter_map(|raw| {
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                id: &'a str,
+                created: i64,
+                #[serde(rename = "type")]
+                kind: &'a str,
+            }
+            let event: Head = serde_json::from_str(raw).expect("an event with id, created, type");
+            let (created, kind) = (event.created, event.kind);
+            let inside = gte.is_none_or(|g| created >= g) && lt.is_none_or(|l| created < l);
+            let typed = types.is_empty() || types.iter().any(|t| t == kind);
+            (inside && typed).then(|| (event.id.to_string(), raw))
+        })
+        .collect();
+    let start = match param("starting_after") {
+        Some(after) => {
+            matching
+                .iter()
+                .position(|(id, _)| id == after)
+                .expect("starting_after names a listed event")
+                + 1
+        }
+        None => 0,
+    };
+    let end = (start + limit).min(matching.len());
+    let data: Vec<&str> = matching[start..end]
+        .iter()
+        .map(|(_, raw)| raw.as_str())
+        .collect();
+    format!(
+        r#"{{"object":"list","has_more":{},"data":[{}]}}"#,
+        end < matching.len(),
+        data.join(",")
+    )
 }
 
 pub const ONE_LINE_ITEM: &str = r#"{"object":"list","has_more":false,"data":[{"id":"li_1","description":"Mug","quantity":2,
@@ -240,7 +288,11 @@ impl Upstream for FakeUpstream {
             YieldOnce(false).await;
         }
         if let Some(clock) = &self.clock {
-            clock.0.set(clock.0.get() + self.call_cost_ms.get());
+            let mut cost = self.call_cost_ms.get();
+            if service_of(&request.url) == Svc::Events {
+                cost += self.events_cost_ms.get();
+            }
+            clock.0.set(clock.0.get() + cost);
         }
         self.answer(&request)
     }
