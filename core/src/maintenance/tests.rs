@@ -791,11 +791,14 @@ mod reconciliation {
         world.upstream.events.replace(backlog(n, 86_400));
         world.upstream.events_cost_ms.set(1_000);
         world.upstream.call_cost_ms.set(20);
-        // The re-drive fetches the session it resumes.
+        // The re-drive fetches the session it resumes: the same one the events carry
+        // (a different one would change the first attempt's body, which is refused).
         for k in 0..n {
             world.upstream.sessions.borrow_mut().insert(
                 format!("cs_{k:05}"),
-                SESSION.replace("cs_1", &format!("cs_{k:05}")),
+                format!(
+                    r#"{{"id":"cs_{k:05}","object":"checkout.session","payment_status":"paid","livemode":false,"metadata":{{"slug":"pro"}}}}"#
+                ),
             );
         }
         // Killed in the middle of ingesting a window: some purchases done, one in
