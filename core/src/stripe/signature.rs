@@ -1,10 +1,21 @@
-//! `Stripe-Signature` verification, exactly as Stripe's official SDKs do it.
+//! `Stripe-Signature` verification, exactly as Stripe's official Node SDK does it
+//! (`stripe` 23.1.0, `cjs/Webhooks.js`: `parseHeader`, `parseEventDetails`,
+//! `validateComputedSignature`; `cjs/platform/NodePlatformFunctions.js`: `secureCompare`).
 //!
-//! The signed payload is the header's `t` value, a `.`, then the raw body bytes as
-//! received (never re-serialised). The signature is HMAC-SHA256 keyed with the whole
-//! secret string (`whsec_` prefix included), in lowercase hex. A delivery is valid when
-//! any `v1` in the header matches the HMAC under any configured secret, and its
-//! timestamp is within the tolerance. The clock is a parameter so tests can pin it.
+//! The header is split on `,` and each item on every `=`: the key is the text before the
+//! first `=`, compared exactly (no trimming, case-sensitive), and the value the text
+//! between the first and the second `=` (the rest is dropped). The last `t` wins and is
+//! read with JavaScript's `parseInt(value, 10)`; every `v1` is a candidate. The signed
+//! payload is that *number* printed as JavaScript prints it (`${timestamp}`), a `.`, then
+//! the raw body bytes as received (never re-serialised): `t=+0017…` is signed as `17….`.
+//! The signature is HMAC-SHA256 keyed with the whole secret string (`whsec_` prefix
+//! included), in lowercase hex. A delivery is valid when any `v1` matches the HMAC under
+//! any configured secret, and it is not older than the tolerance.
+//!
+//! Two deliberate differences, both refusals: a timestamp more than [`MAX_FUTURE_SECS`]
+//! ahead (the SDK accepts any future timestamp), and a `t` that `parseInt` reads as `NaN`
+//! (the SDK signs `NaN.…` and then skips the age check, since `NaN > tolerance` is false).
+//! The clock is a parameter so tests can pin it.
 //!
 //! Pure: no JavaScript, no allocation proportional to the body.
 
@@ -17,18 +28,30 @@ use subtle::ConstantTimeEq;
 /// How far in the future a timestamp may be (clock skew between Stripe and the edge).
 pub const MAX_FUTURE_SECS: i64 = 60;
 
+/// The length of a `v1` signature: the lowercase hex of an HMAC-SHA256.
+const SIGNATURE_HEX_LEN: usize = 64;
+
 /// Why a delivery's signature was refused. Messages say what was wrong and never contain
 /// a secret, a received signature or the signature we expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureError {
     MissingHeader,
+    /// No `t` item, or the last one reads as `-1` (the SDK's "no timestamp" value).
     NoTimestamp,
+    /// The last `t` reads as `NaN` (no digits after optional whitespace and sign).
     InvalidTimestamp,
-    RepeatedTimestamp,
     NoV1Signature,
+    /// A `v1` item the SDK cannot compare (it throws): no `=`, an empty value, or 64
+    /// UTF-16 units that are not 64 bytes (a non-ASCII character).
+    MalformedV1Signature,
     NoMatch,
-    TooOld { age_secs: i64, tolerance_secs: u64 },
-    InFuture { ahead_secs: i64 },
+    TooOld {
+        age_secs: i64,
+        tolerance_secs: u64,
+    },
+    InFuture {
+        ahead_secs: i64,
+    },
 }
 
 impl fmt::Display for SignatureError {
@@ -37,12 +60,12 @@ impl fmt::Display for SignatureError {
             Self::MissingHeader => f.write_str("no Stripe-Signature header"),
             Self::NoTimestamp => f.write_str("Stripe-Signature header has no timestamp (t=)"),
             Self::InvalidTimestamp => {
-                f.write_str("Stripe-Signature header has an empty or non-numeric timestamp")
-            }
-            Self::RepeatedTimestamp => {
-                f.write_str("Stripe-Signature header has more than one timestamp")
+                f.write_str("Stripe-Signature header has a timestamp that is not a number")
             }
             Self::NoV1Signature => f.write_str("Stripe-Signature header has no v1 signature"),
+            Self::MalformedV1Signature => {
+                f.write_str("Stripe-Signature header has an empty or malformed v1 signature")
+            }
             Self::NoMatch => f.write_str("no v1 signature matched any configured secret"),
             Self::TooOld {
                 age_secs,
@@ -68,8 +91,8 @@ impl SignatureError {
             Self::MissingHeader => "missing_header",
             Self::NoTimestamp => "no_timestamp",
             Self::InvalidTimestamp => "invalid_timestamp",
-            Self::RepeatedTimestamp => "repeated_timestamp",
             Self::NoV1Signature => "no_v1_signature",
+            Self::MalformedV1Signature => "malformed_v1_signature",
             Self::NoMatch => "no_match",
             Self::TooOld { .. } => "timestamp_too_old",
             Self::InFuture { .. } => "timestamp_in_future",
@@ -78,48 +101,133 @@ impl SignatureError {
 }
 
 /// A parsed `Stripe-Signature` header: the timestamp and every `v1` value, borrowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SignatureHeader<'h> {
-    pub timestamp: i64,
-    /// The `t` value exactly as sent: it is what was signed, so it is used verbatim.
-    pub timestamp_text: &'h str,
+    /// The SDK's timestamp: `parseInt(t, 10)`, a JavaScript number (an integer or an
+    /// infinity; never `NaN` or `-1`, which are refused).
+    pub timestamp: f64,
+    /// What was signed before the `.`: [`timestamp`](Self::timestamp) as JavaScript
+    /// prints it (`${timestamp}`), not the text sent (`t=+017…` signs `17…`). Every
+    /// tag, in Rust or SubtleCrypto, is computed over this.
+    pub timestamp_text: String,
     pub v1: Vec<&'h str>,
 }
 
-/// Parses the header as the SDKs do: items split on `,`, each split on its first `=`,
-/// whitespace around items tolerated, `v0` and unknown schemes ignored.
+/// Parses the header as the Node SDK does (see the module's comment), then refuses what
+/// the SDK would refuse or throw on, and a `NaN` timestamp.
 pub fn parse_header(header: &str) -> Result<SignatureHeader<'_>, SignatureError> {
-    let mut timestamp: Option<&str> = None;
-    let mut v1 = Vec::new();
+    // `timestamp: -1, signatures: []`, then `header.split(',').reduce(…)`.
+    let mut timestamp = -1.0_f64;
+    let mut v1: Vec<Option<&str>> = Vec::new();
     for item in header.split(',') {
-        let Some((key, value)) = item.trim().split_once('=') else {
-            continue;
-        };
-        match key {
-            "t" if timestamp.is_some() => return Err(SignatureError::RepeatedTimestamp),
-            "t" => timestamp = Some(value),
-            "v1" => v1.push(value),
-            _ => {}
+        // `const kv = item.split('=')`: kv[0] the key, kv[1] (maybe undefined) the value.
+        let mut kv = item.split('=');
+        let key = kv.next().unwrap_or_default();
+        let value = kv.next();
+        if key == "t" {
+            timestamp = parse_int(value);
+        }
+        if key == "v1" {
+            v1.push(value);
         }
     }
-    let timestamp_text = timestamp.ok_or(SignatureError::NoTimestamp)?;
-    let timestamp = parse_timestamp(timestamp_text)?;
+    // `details.timestamp === -1`: "Unable to extract timestamp and signatures".
+    if timestamp == -1.0 {
+        return Err(SignatureError::NoTimestamp);
+    }
+    // `!details.signatures.length`: "No signatures found with expected scheme".
     if v1.is_empty() {
         return Err(SignatureError::NoV1Signature);
     }
+    // Ours: the SDK would sign `NaN.…` and skip the age check.
+    if timestamp.is_nan() {
+        return Err(SignatureError::InvalidTimestamp);
+    }
+    // `secureCompare(expected, b)` throws on a falsy `b` (no `=`, or an empty value),
+    // and `timingSafeEqual` on equal UTF-16 lengths but unequal UTF-8 lengths; the
+    // SDK compares every candidate, so one such `v1` refuses the whole header.
+    let v1 = v1
+        .into_iter()
+        .map(|value| match value {
+            Some(text) if !sdk_throws_comparing(text) => Ok(text),
+            _ => Err(SignatureError::MalformedV1Signature),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(SignatureHeader {
         timestamp,
-        timestamp_text,
+        timestamp_text: js_number_text(timestamp),
         v1,
     })
 }
 
-/// Digits only: `i64::from_str` would also take a leading `+`, which no SDK signs.
-fn parse_timestamp(text: &str) -> Result<i64, SignatureError> {
-    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SignatureError::InvalidTimestamp);
+/// Whether Node's `secureCompare` throws comparing the expected signature (64 ASCII
+/// characters) with `candidate`.
+fn sdk_throws_comparing(candidate: &str) -> bool {
+    candidate.is_empty()
+        || (candidate.encode_utf16().count() == SIGNATURE_HEX_LEN
+            && candidate.len() != SIGNATURE_HEX_LEN)
+}
+
+/// JavaScript's `parseInt(value, 10)`; `None` is `undefined` (read as `"undefined"`).
+/// Leading JavaScript whitespace is skipped, then one optional sign, then the longest
+/// run of ASCII digits (anything after it is ignored); no digits is `NaN`. The digits
+/// are rounded to the nearest double, as V8 does (a 19-digit `t` loses its last ones).
+fn parse_int(value: Option<&str>) -> f64 {
+    let Some(text) = value else {
+        return f64::NAN;
+    };
+    let text = text.trim_start_matches(is_js_whitespace);
+    let (negative, text) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return f64::NAN;
     }
-    text.parse().map_err(|_| SignatureError::InvalidTimestamp)
+    // Rust's float parsing is correctly rounded for any number of digits, and gives
+    // infinity past the largest double, as `parseInt` does.
+    let magnitude: f64 = text[..digits].parse().unwrap_or(f64::NAN);
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// ECMAScript's StrWhiteSpaceChar: WhiteSpace (TAB, VT, FF, ZWNBSP, any `Zs`) and
+/// LineTerminator (LF, CR, LS, PS). Unlike `char::is_whitespace`: U+FEFF yes, U+0085 no.
+fn is_js_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\u{9}' | '\u{a}' | '\u{b}' | '\u{c}' | '\u{d}' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202f}'
+                | '\u{205f}'
+                | '\u{3000}'
+                | '\u{feff}'
+    )
+}
+
+/// A JavaScript number (from [`parse_int`]: an integer or an infinity, never `NaN`)
+/// printed as `${n}` prints it: integers below 10^21 in full, larger ones in
+/// exponent form with a `+` (`1.2345e+21`), `-0` as `0`. Rust's shortest round-trip
+/// digits are the ones ECMAScript's Number::toString picks.
+fn js_number_text(n: f64) -> String {
+    if n.is_infinite() {
+        return if n > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
+    }
+    if n == 0.0 {
+        return "0".to_string();
+    }
+    if n.abs() < 1e21 {
+        format!("{n}")
+    } else {
+        format!("{n:e}").replacen('e', "e+", 1)
+    }
 }
 
 /// An HMAC-SHA256 tag: the raw 32 bytes a `v1` signature is the lowercase hex of.
@@ -140,13 +248,14 @@ pub fn verify_at<S: AsRef<[u8]>>(
     // Lazily: the first secret that matches ends the hashing.
     let tags = secrets
         .iter()
-        .map(|secret| tag(secret.as_ref(), header.timestamp_text, body));
+        .map(|secret| tag(secret.as_ref(), &header.timestamp_text, body));
     verify_tags(&header, tags, tolerance_secs, now_secs)
 }
 
 /// The rest of [`verify_at`] once the tags of `timestamp_text.body` under each secret
-/// are known: the edge computes them with SubtleCrypto for large bodies (see
-/// `src/subtle.rs` in the Worker crate), where the platform's native HMAC beats one compiled to wasm.
+/// are known (`timestamp_text` of this very header: the SDK's text, not the one sent):
+/// the edge computes them with SubtleCrypto for large bodies (see `src/subtle.rs` in
+/// the Worker crate), where the platform's native HMAC beats one compiled to wasm.
 pub fn verify_tags(
     header: &SignatureHeader<'_>,
     tags: impl IntoIterator<Item = Tag>,
@@ -156,11 +265,14 @@ pub fn verify_tags(
     let mut matched = false;
     for tag in tags {
         let expected = hex::encode(tag);
-        if header
+        // Every candidate is compared, in constant time, whatever the earlier ones gave.
+        let any = header
             .v1
             .iter()
-            .any(|candidate| bool::from(candidate.as_bytes().ct_eq(expected.as_bytes())))
-        {
+            .fold(subtle::Choice::from(0), |any, candidate| {
+                any | candidate.as_bytes().ct_eq(expected.as_bytes())
+            });
+        if bool::from(any) {
             matched = true;
             break;
         }
@@ -169,24 +281,30 @@ pub fn verify_tags(
         return Err(SignatureError::NoMatch);
     }
     check_tolerance(header.timestamp, tolerance_secs, now_secs)?;
-    Ok(header.timestamp)
+    // Inside the window, so an integer of ten or so digits.
+    Ok(header.timestamp as i64)
 }
 
+/// The SDK's `Math.floor(now / 1000) - details.timestamp > tolerance`, in doubles as
+/// JavaScript computes it; then ours: no more than [`MAX_FUTURE_SECS`] ahead. (The SDK
+/// skips its check for a tolerance of 0; `STRIPE_WEBHOOK_TOLERANCE_SECS` is at least 1,
+/// and here 0 means "not older than now".)
 fn check_tolerance(
-    timestamp: i64,
+    timestamp: f64,
     tolerance_secs: u64,
     now_secs: i64,
 ) -> Result<(), SignatureError> {
-    let age_secs = now_secs.saturating_sub(timestamp);
-    if age_secs > i64::try_from(tolerance_secs).unwrap_or(i64::MAX) {
+    let age = now_secs as f64 - timestamp;
+    if age > tolerance_secs as f64 {
         return Err(SignatureError::TooOld {
-            age_secs,
+            // `as` saturates: an infinitely old timestamp reports i64::MAX.
+            age_secs: age as i64,
             tolerance_secs,
         });
     }
-    if -age_secs > MAX_FUTURE_SECS {
+    if -age > MAX_FUTURE_SECS as f64 {
         return Err(SignatureError::InFuture {
-            ahead_secs: -age_secs,
+            ahead_secs: (-age) as i64,
         });
     }
     Ok(())
@@ -307,42 +425,6 @@ mod tests {
     }
 
     #[test]
-    fn tolerates_spaces_around_items_and_ignores_unknown_schemes() {
-        let body = b"{}";
-        let good = expected_signature(SECRET.as_bytes(), "1700000000", body);
-        let header = format!(" t={T} , v1={good} ,scheme=x, junk ");
-        assert_eq!(verify(&header, body, &[SECRET], T), Ok(T));
-    }
-
-    #[test]
-    fn splits_each_item_on_its_first_equals_sign() {
-        let parsed = parse_header("t=1,v1=ab=cd").unwrap();
-        assert_eq!(parsed.v1, vec!["ab=cd"]);
-    }
-
-    #[test]
-    fn rejects_missing_empty_non_numeric_and_repeated_timestamps() {
-        assert_eq!(parse_header("v1=ab"), Err(SignatureError::NoTimestamp));
-        assert_eq!(
-            parse_header("t=,v1=ab"),
-            Err(SignatureError::InvalidTimestamp)
-        );
-        assert_eq!(
-            parse_header("t=12a,v1=ab"),
-            Err(SignatureError::InvalidTimestamp)
-        );
-        assert_eq!(
-            parse_header("t=+12,v1=ab"),
-            Err(SignatureError::InvalidTimestamp)
-        );
-        assert_eq!(
-            parse_header("t=1,t=1,v1=ab"),
-            Err(SignatureError::RepeatedTimestamp)
-        );
-        assert_eq!(parse_header(""), Err(SignatureError::NoTimestamp));
-    }
-
-    #[test]
     fn rejects_a_missing_header() {
         assert_eq!(
             verify_at::<&str>(None, b"{}", &[SECRET], 300, T),
@@ -432,6 +514,339 @@ mod tests {
         assert!(
             !message.contains(SECRET) && !message.contains(&expected) && !message.contains(&sent)
         );
+    }
+
+    #[test]
+    fn parse_int_is_javascripts() {
+        // Each expected text printed by Node 22: `${parseInt(s, 10)}`.
+        for (input, printed) in [
+            ("1234567890123456789", "1234567890123456800"),
+            ("99999999999999999999999", "1e+23"),
+            ("123456789012345678901234567890", "1.2345678901234568e+29"),
+            ("12345678901234567890123", "1.2345678901234568e+22"),
+            ("9007199254740993", "9007199254740992"),
+            ("-0", "0"),
+            ("  \t+0017", "17"),
+            ("1e3", "1"),
+            ("\u{feff}\u{a0}\u{3000}42", "42"),
+            ("-12.9", "-12"),
+        ] {
+            assert_eq!(js_number_text(parse_int(Some(input))), printed, "{input:?}");
+        }
+        assert_eq!(
+            js_number_text(parse_int(Some(&"1".repeat(400)))),
+            "Infinity"
+        );
+        assert_eq!(
+            js_number_text(parse_int(Some(&format!("-{}", "9".repeat(400))))),
+            "-Infinity"
+        );
+        for nan in [
+            None,
+            Some(""),
+            Some("abc"),
+            Some("+"),
+            Some("- 1"),
+            Some("\u{85}1"),
+            Some("0x10"),
+        ] {
+            // `0x10`: radix 10 reads the `0` and stops at `x`.
+            if nan == Some("0x10") {
+                assert_eq!(parse_int(nan), 0.0);
+            } else {
+                assert!(parse_int(nan).is_nan(), "{nan:?}");
+            }
+        }
+    }
+
+    /// The SubtleCrypto path hashes `timestamp_text`: a tag over the SDK's text verifies,
+    /// one over the text as sent does not.
+    #[test]
+    fn tags_computed_elsewhere_use_the_sdks_timestamp_text() {
+        let body = br#"{"id":"evt_1"}"#;
+        let good = expected_signature(SECRET.as_bytes(), "1700000000", body);
+        let header = format!("t=+001700000000,v1={good}");
+        let parsed = parse_header(&header).unwrap();
+        assert_eq!(parsed.timestamp_text, "1700000000");
+        let ours = tag(SECRET.as_bytes(), &parsed.timestamp_text, body);
+        assert_eq!(verify_tags(&parsed, [ours], 300, T), Ok(T));
+        let as_sent = tag(SECRET.as_bytes(), "+001700000000", body);
+        assert_eq!(
+            verify_tags(&parsed, [as_sent], 300, T),
+            Err(SignatureError::NoMatch)
+        );
+    }
+
+    /// The header corpus of issue 15 (and `e2e/signature-oracle.test.mjs`): one test per
+    /// variant, with the verdict of `stripe.webhooks.constructEvent` (Node SDK 23.1.0)
+    /// at the instant `T`, except where marked "ours".
+    mod corpus {
+        use super::*;
+
+        const BODY: &[u8] = br#"{"id":"evt_corpus","object":"event","type":"customer.created"}"#;
+
+        /// The `v1` the SDK expects when it signs `text.BODY`.
+        fn sig(text: &str) -> String {
+            expected_signature(SECRET.as_bytes(), text, BODY)
+        }
+
+        fn good() -> String {
+            sig(&T.to_string())
+        }
+
+        fn check(header: impl AsRef<str>, expected: Result<i64, SignatureError>) {
+            let header = header.as_ref();
+            assert_eq!(verify(header, BODY, &[SECRET], T), expected, "{header:?}");
+        }
+
+        macro_rules! variant {
+            ($name:ident, $header:expr, $expected:expr) => {
+                #[test]
+                fn $name() {
+                    check($header, $expected);
+                }
+            };
+        }
+
+        use SignatureError::*;
+
+        variant!(canonical, format!("t={T},v1={}", good()), Ok(T));
+        variant!(
+            leading_zeros_sign_the_number,
+            format!("t=000{T},v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            leading_zeros_over_the_raw_text,
+            format!("t=000{T},v1={}", sig(&format!("000{T}"))),
+            Err(NoMatch)
+        );
+        variant!(
+            plus_sign_signs_the_number,
+            format!("t=+{T},v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            plus_sign_over_the_raw_text,
+            format!("t=+{T},v1={}", sig(&format!("+{T}"))),
+            Err(NoMatch)
+        );
+        variant!(
+            space_before_the_timestamp,
+            format!("t= {T},v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            tab_before_the_timestamp,
+            format!("t=\t{T},v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            no_break_space_before_the_timestamp,
+            format!("t=\u{a0}{T},v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            letters_after_the_timestamp,
+            format!("t={T}abc,v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            fraction_after_the_timestamp,
+            format!("t={T}.5,v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            space_after_the_timestamp,
+            format!("t={T} ,v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            exponent_is_read_up_to_the_e,
+            format!("t=1.7e9,v1={}", sig("1")),
+            Err(TooOld {
+                age_secs: T - 1,
+                tolerance_secs: 300
+            })
+        );
+        variant!(
+            space_after_a_comma_hides_v1,
+            format!("t={T}, v1={}", good()),
+            Err(NoV1Signature)
+        );
+        variant!(
+            tab_after_a_comma_hides_v1,
+            format!("t={T},\tv1={}", good()),
+            Err(NoV1Signature)
+        );
+        variant!(
+            space_after_a_comma_hides_t,
+            format!("v1={}, t={T}", good()),
+            Err(NoTimestamp)
+        );
+        variant!(
+            space_before_equals_hides_t,
+            format!("t ={T},v1={}", good()),
+            Err(NoTimestamp)
+        );
+        variant!(
+            space_after_v1_equals_is_part_of_it,
+            format!("t={T},v1= {}", good()),
+            Err(NoMatch)
+        );
+        variant!(
+            repeated_t_the_last_wins,
+            format!("t={},t={T},v1={}", T - 1000, good()),
+            Ok(T)
+        );
+        variant!(
+            repeated_t_the_first_is_not_signed,
+            format!("t={T},t={},v1={}", T - 1000, good()),
+            Err(NoMatch)
+        );
+        variant!(
+            repeated_v1_any_matches,
+            format!("t={T},v1={},v1={}", "0".repeat(64), good()),
+            Ok(T)
+        );
+        variant!(v0_only, format!("t={T},v0={}", good()), Err(NoV1Signature));
+        variant!(
+            v0_and_v1,
+            format!("t={T},v0={},v1={}", "0".repeat(64), good()),
+            Ok(T)
+        );
+        variant!(
+            unknown_schemes_ignored,
+            format!("t={T},v2=x,scheme=y,v1={},junk", good()),
+            Ok(T)
+        );
+        variant!(
+            v1_value_ends_at_the_second_equals,
+            format!("t={T},v1={}=x", good()),
+            Ok(T)
+        );
+        variant!(
+            t_value_ends_at_the_second_equals,
+            format!("t={T}=5,v1={}", good()),
+            Ok(T)
+        );
+        variant!(
+            empty_items_and_trailing_comma,
+            format!(",t={T},,v1={},", good()),
+            Ok(T)
+        );
+        variant!(
+            upper_case_t,
+            format!("T={T},v1={}", good()),
+            Err(NoTimestamp)
+        );
+        variant!(
+            upper_case_v1,
+            format!("t={T},V1={}", good()),
+            Err(NoV1Signature)
+        );
+        variant!(
+            upper_case_hex,
+            format!("t={T},v1={}", good().to_uppercase()),
+            Err(NoMatch)
+        );
+        // Ours: the SDK accepts any future timestamp.
+        variant!(
+            nineteen_digits_signed_as_printed,
+            format!("t=1234567890123456789,v1={}", sig("1234567890123456800")),
+            Err(InFuture {
+                ahead_secs: 1_234_567_888_423_456_768
+            })
+        );
+        variant!(
+            nineteen_digits_over_the_raw_text,
+            format!("t=1234567890123456789,v1={}", sig("1234567890123456789")),
+            Err(NoMatch)
+        );
+        variant!(
+            infinite_timestamp,
+            format!("t={},v1={}", "9".repeat(400), sig("Infinity")),
+            Err(InFuture {
+                ahead_secs: i64::MAX
+            })
+        );
+        variant!(
+            a_minute_ahead,
+            format!("t={},v1={}", T + 60, sig(&(T + 60).to_string())),
+            Ok(T + 60)
+        );
+        variant!(
+            an_hour_ahead,
+            format!("t={},v1={}", T + 3600, sig(&(T + 3600).to_string())),
+            Err(InFuture { ahead_secs: 3600 })
+        );
+        variant!(
+            stale,
+            format!("t={},v1={}", T - 301, sig(&(T - 301).to_string())),
+            Err(TooOld {
+                age_secs: 301,
+                tolerance_secs: 300
+            })
+        );
+        // Ours: the SDK signs `NaN.…` and never checks the age.
+        variant!(
+            non_numeric_timestamp,
+            format!("t=abc,v1={}", sig("NaN")),
+            Err(InvalidTimestamp)
+        );
+        variant!(
+            empty_timestamp,
+            format!("t=,v1={}", sig("NaN")),
+            Err(InvalidTimestamp)
+        );
+        variant!(
+            t_without_equals,
+            format!("t,v1={}", sig("NaN")),
+            Err(InvalidTimestamp)
+        );
+        variant!(
+            negative_timestamp,
+            format!("t=-{T},v1={}", sig(&format!("-{T}"))),
+            Err(TooOld {
+                age_secs: 2 * T,
+                tolerance_secs: 300
+            })
+        );
+        variant!(
+            minus_zero_signs_zero,
+            format!("t=-0,v1={}", sig("0")),
+            Err(TooOld {
+                age_secs: T,
+                tolerance_secs: 300
+            })
+        );
+        variant!(
+            minus_one_is_no_timestamp,
+            format!("t=-1,v1={}", sig("-1")),
+            Err(NoTimestamp)
+        );
+        variant!(no_timestamp, format!("v1={}", good()), Err(NoTimestamp));
+        variant!(
+            empty_v1_beside_a_good_one,
+            format!("t={T},v1={},v1=", good()),
+            Err(MalformedV1Signature)
+        );
+        variant!(
+            bare_v1_beside_a_good_one,
+            format!("t={T},v1,v1={}", good()),
+            Err(MalformedV1Signature)
+        );
+        variant!(
+            non_ascii_v1_of_64_units,
+            format!("t={T},v1={},v1=é{}", good(), "0".repeat(63)),
+            Err(MalformedV1Signature)
+        );
+        variant!(
+            non_ascii_v1_of_other_length,
+            format!("t={T},v1={},v1=é", good()),
+            Ok(T)
+        );
+        variant!(empty_header, "", Err(NoTimestamp));
     }
 
     proptest! {
