@@ -34,16 +34,16 @@ export CARGO_BIN
 export PATH="$ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
 
 # Compiles the missing tools from crates.io (their prebuilt binaries are GitHub release
-# assets, unreachable from these machines). The measured costs are in README.md
-# ("Quick start"). What makes it about 4 times faster than two plain `cargo install`s:
-# - opt-level 0 instead of the release profile's 3, for these two installs only: a
-#   third of the CPU time. The tools do little per build (wasm-bindgen takes 0.9 s
-#   instead of 0.2 s on this Worker) and their output is byte-identical.
+# assets, unreachable from these machines), for about a third of the CPU time of two
+# plain `cargo install`s (222 s instead of 737 s; costs per part in README.md, "Quick start"):
+# - opt-level 0 instead of the release profile's 3, for these two installs only (most
+#   of the saving). The tools do little per build: wasm-bindgen takes 0.9 s instead of
+#   0.2 s on this Worker, and what they build is byte-identical.
 #   STRIPE_EDGE_TOOLS_OPT_LEVEL=3 builds them fully optimized.
-# - one scratch target directory for both, one install after the other: the ~60
+# - one scratch target directory for both, one install after the other, so the ~60
 #   dependencies they share compile once. It is deleted afterwards.
-# - wasm-bindgen-cli: only the `wasm-bindgen` binary (the build uses no other) and
-#   without its default `rustls-tls` feature (TLS for the test runner's downloads).
+# - wasm-bindgen-cli: only the `wasm-bindgen` binary (the build uses no other), without
+#   its default `rustls-tls` feature (TLS for the test runner's downloads).
 bootstrap_install_tools() {
   local need_wb=$1 need_wbg=$2 wbg_want=$3
   local target rc=0
