@@ -33,6 +33,36 @@ CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export CARGO_BIN
 export PATH="$ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
 
+# Compiles the missing tools from crates.io (their prebuilt binaries are GitHub release
+# assets, unreachable from these machines), for about a third of the CPU time of two
+# plain `cargo install`s (222 s instead of 737 s; costs per part in README.md, "Quick start"):
+# - opt-level 0 instead of the release profile's 3, for these two installs only (most
+#   of the saving). The tools do little per build: wasm-bindgen takes 0.9 s instead of
+#   0.2 s on this Worker, and what they build is byte-identical.
+#   STRIPE_EDGE_TOOLS_OPT_LEVEL=3 builds them fully optimized.
+# - one scratch target directory for both, one install after the other, so the ~60
+#   dependencies they share compile once. It is deleted afterwards.
+# - wasm-bindgen-cli: only the `wasm-bindgen` binary (the build uses no other), without
+#   its default `rustls-tls` feature (TLS for the test runner's downloads).
+bootstrap_install_tools() {
+  local need_wb=$1 need_wbg=$2 wbg_want=$3
+  local target rc=0
+  target="$(mktemp -d "${TMPDIR:-/tmp}/stripe-edge-tools.XXXXXX")" || return 1
+  local -a install_env=(CARGO_TARGET_DIR="$target" CARGO_PROFILE_RELEASE_OPT_LEVEL="${STRIPE_EDGE_TOOLS_OPT_LEVEL:-0}")
+  if (( need_wb )); then
+    bootstrap_log "installing worker-build $WORKER_BUILD_VERSION (once per machine; see README \"Quick start\")"
+    env "${install_env[@]}" cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked || rc=1
+  fi
+  if (( rc == 0 && need_wbg )); then
+    bootstrap_log "installing wasm-bindgen-cli $wbg_want (once per machine and wasm-bindgen version)"
+    # Not --locked: its lock pins a webpki-roots version the registry no longer has.
+    env "${install_env[@]}" cargo install wasm-bindgen-cli --version "$wbg_want" \
+      --no-default-features --bin wasm-bindgen || rc=1
+  fi
+  rm -rf "$target"
+  return "$rc"
+}
+
 bootstrap_main() {
   command -v cargo >/dev/null || bootstrap_die "cargo not found: install Rust with rustup (https://rustup.rs)" || return 1
   command -v rustup >/dev/null || bootstrap_die "rustup not found: the wasm32 target is installed with rustup" || return 1
@@ -45,13 +75,13 @@ bootstrap_main() {
   fi
 
   # 2. worker-build, exactly the version matching the worker crate.
-  local wb_version=""
+  local wb_version="" need_wb=0
   if command -v worker-build >/dev/null; then
     wb_version="$(worker-build --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
   fi
   if [[ "$wb_version" != "$WORKER_BUILD_VERSION" ]]; then
-    bootstrap_log "installing worker-build $WORKER_BUILD_VERSION (found: ${wb_version:-none}; takes a few minutes once)"
-    cargo install worker-build --version "$WORKER_BUILD_VERSION" --locked || return 1
+    bootstrap_log "worker-build $WORKER_BUILD_VERSION needed (found: ${wb_version:-none})"
+    need_wb=1
   fi
 
   # 3. The wasm-bindgen CLI: must equal the wasm-bindgen crate in Cargo.lock.
@@ -66,22 +96,29 @@ bootstrap_main() {
     /^version = / && name == "wasm-bindgen" { v = $3; gsub(/"/, "", v); print v; exit }
   ' "$ROOT/Cargo.lock")"
   [[ -n "$wbg_want" ]] || bootstrap_die "no wasm-bindgen package in Cargo.lock" || return 1
-  local wbg_have=""
+  local wbg_have="" need_wbg=0
   if [[ -x "$CARGO_BIN/wasm-bindgen" ]]; then
     wbg_have="$("$CARGO_BIN/wasm-bindgen" --version 2>/dev/null | grep -Eo '[0-9]+\.[0-9]+\.[0-9]+' | head -n1 || true)"
   fi
   if [[ "$wbg_have" != "$wbg_want" ]]; then
-    bootstrap_log "installing wasm-bindgen-cli $wbg_want (found: ${wbg_have:-none}; takes a few minutes once)"
-    # Not --locked: its lock pins a webpki-roots version the registry no longer has.
-    cargo install wasm-bindgen-cli --version "$wbg_want" || return 1
+    bootstrap_log "wasm-bindgen-cli $wbg_want needed (found: ${wbg_have:-none})"
+    need_wbg=1
   fi
 
-  # 4. npm packages (wrangler, Node 22, binaryen, stripe).
-  #    `npm install`, not `npm ci`: the lock lacks the other platforms' workerd packages.
+  if (( need_wb || need_wbg )); then
+    bootstrap_install_tools "$need_wb" "$need_wbg" "$wbg_want" || return 1
+  fi
+
+  # 4. npm packages (wrangler, Node 22, binaryen, stripe), exactly as package-lock.json
+  #    pins them: the lock lists every platform's workerd package, so `npm ci` installs
+  #    without rewriting it and a fresh clone stays clean. Runs only when node_modules is
+  #    missing or package.json / package-lock.json changed since the last install.
   local stamp="$ROOT/node_modules/.package-lock.json"
-  if [[ ! -f "$stamp" || "$ROOT/package.json" -nt "$stamp" || ( -f "$ROOT/package-lock.json" && "$ROOT/package-lock.json" -nt "$stamp" ) ]]; then
-    bootstrap_log "npm install"
-    (cd "$ROOT" && npm install --no-audit --no-fund) || return 1
+  if [[ ! -f "$stamp" || "$ROOT/package.json" -nt "$stamp" || "$ROOT/package-lock.json" -nt "$stamp" ]]; then
+    bootstrap_log "npm ci"
+    (cd "$ROOT" && npm ci --no-audit --no-fund) \
+      || bootstrap_die "npm ci failed; after editing package.json, run \`npm install\` once and commit the updated package-lock.json" \
+      || return 1
     touch "$stamp"
   fi
 
