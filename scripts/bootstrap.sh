@@ -35,7 +35,7 @@ export PATH="$ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
 
 # Compiles the missing tools from crates.io (their prebuilt binaries are GitHub release
 # assets, unreachable from these machines), for about a third of the CPU time of two
-# plain `cargo install`s (222 s instead of 737 s; costs per part in README.md, "Quick start"):
+# plain `cargo install`s (200 s instead of 676 s; costs per part in README.md, "Quick start"):
 # - opt-level 0 instead of the release profile's 3, for these two installs only (most
 #   of the saving). The tools do little per build: wasm-bindgen takes 0.9 s instead of
 #   0.2 s on this Worker, and what they build is byte-identical.
