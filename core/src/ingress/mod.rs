@@ -9,9 +9,10 @@ use crate::log::Line;
 use crate::ports::ledger::{
     Claim, EventRecord, Ledger, LedgerError, PurchaseState, ReversalRecord, StepState,
 };
+use crate::ports::Enqueue;
 use crate::ports::Sink;
 use crate::ports::{Clock, Upstream};
-use crate::ports::{Enqueue, FulfilMessage};
+use crate::queue_mode;
 use crate::stripe::event::{self, CheckoutSession, Event, EventError};
 use crate::stripe::signature::{self, SignatureError, Tag};
 
@@ -397,15 +398,7 @@ async fn reverse<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     }
     if let Some(queue) = deps.queue {
         for session_id in &sessions {
-            let message = FulfilMessage {
-                session_id: session_id.clone(),
-                event_id: event.id.clone(),
-            };
-            if let Err(detail) = queue.enqueue(&message).await {
-                Line::error("fulfilment queue send failed")
-                    .id("session_id", session_id)
-                    .text("detail", &detail)
-                    .emit(deps.log);
+            if !queue_mode::send(queue, deps.log, session_id, &event.id).await {
                 return Ok(Verdict::Refused(Refusal::QueueUnavailable));
             }
         }
@@ -465,15 +458,7 @@ async fn enqueue<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             (false, false) => Status::Accepted,
         }));
     }
-    let message = FulfilMessage {
-        session_id: session_id.to_string(),
-        event_id: purchase.event_id.clone(),
-    };
-    if let Err(detail) = queue.enqueue(&message).await {
-        Line::error("fulfilment queue send failed")
-            .id("session_id", session_id)
-            .text("detail", &detail)
-            .emit(deps.log);
+    if !queue_mode::send(queue, deps.log, session_id, &purchase.event_id).await {
         return Ok(Verdict::Refused(Refusal::QueueUnavailable));
     }
     Line::info("fulfilment queued")

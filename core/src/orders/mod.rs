@@ -16,10 +16,10 @@ use crate::checkout::cors::{self, Caller};
 use crate::checkout::throttle::{self, Scope};
 use crate::fulfilment::plan::{self, Purchase, Step};
 use crate::fulfilment::{self, Deps, RunOutcome};
-use crate::log::Line;
 use crate::ports::ledger::{Ledger, LedgerError, PurchaseState, StepState};
 use crate::ports::orders::{OrderRecord, OrderStore};
-use crate::ports::{Clock, FulfilMessage, Sink, Throttle, Upstream};
+use crate::ports::{Clock, Sink, Throttle, Upstream};
+use crate::queue_mode;
 use crate::settings::STRIPE_API_KEY;
 use crate::stripe::api::StripeApi;
 use crate::stripe::error::{Cause, StripeError};
@@ -463,18 +463,13 @@ async fn open_paid<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             RunOutcome::Complete
         }));
     }
-    let message = FulfilMessage {
-        session_id: session_id.to_string(),
-        event_id: purchase.event_id.clone(),
-    };
-    if let Err(detail) = queue.enqueue(&message).await {
-        Line::error("fulfilment queue send failed")
-            .id("session_id", session_id)
-            .text("detail", &detail)
-            .emit(engine.log);
-        return Ok(Opened::QueueFailed);
-    }
-    Ok(Opened::Queued)
+    Ok(
+        if queue_mode::send(queue, engine.log, session_id, &purchase.event_id).await {
+            Opened::Queued
+        } else {
+            Opened::QueueFailed
+        },
+    )
 }
 
 #[cfg(test)]

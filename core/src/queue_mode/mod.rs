@@ -9,10 +9,32 @@
 //! shows anyway.
 
 use crate::fulfilment::{ResumeError, RunOutcome};
+use crate::log::Line;
+use crate::ports::{Enqueue, FulfilMessage, Sink};
 use crate::settings::registry::RETRY_BASE;
 use crate::settings::Config;
 
 pub mod consumer;
+
+/// Sends one purchase to the fulfilment queue; a failure is logged here (`fulfilment
+/// queue send failed`) and answered `false`, so every sender (ingress, a reversal, the
+/// success page) reports it the same way and the caller only chooses its answer.
+pub async fn send<S: Sink>(queue: &dyn Enqueue, log: &S, session_id: &str, event_id: &str) -> bool {
+    let message = FulfilMessage {
+        session_id: session_id.to_string(),
+        event_id: event_id.to_string(),
+    };
+    match queue.enqueue(&message).await {
+        Ok(()) => true,
+        Err(detail) => {
+            Line::error("fulfilment queue send failed")
+                .id("session_id", session_id)
+                .text("detail", &detail)
+                .emit(log);
+            false
+        }
+    }
+}
 
 /// Whether a batch comes from the dead-letter queue: the queue `DEAD_LETTER_QUEUE`
 /// names, never guessed from the name's shape (a main queue called `…-dlq` is run, a
