@@ -90,8 +90,14 @@ const lookups = () => standin.callsTo('stripe').filter((c) => c.path === '/strip
 const formOf = (call) => Object.fromEntries(new URLSearchParams(call.raw));
 const lines = () => logLines(worker, from);
 const isCheckout = (l) => typeof l.msg === 'string' && l.msg.startsWith('checkout');
-/** Waits for the test's first `n` checkout lines after `mark` (the output streams). */
-const checkoutLines = (n = 1, mark = from) => linesUntil(worker, mark, isCheckout, n, 'checkout lines', 10_000);
+
+/**
+ * The test's checkout lines that `pred` picks, waited for until there are `n` (bounded):
+ * a line is found by what it says, never by its place after a mark, since the previous
+ * test's last line may still be arriving when this test starts.
+ */
+const checkoutLinesWhere = (pred, n = 1) =>
+  linesUntil(worker, from, (l) => isCheckout(l) && pred(l), n, `${n} matching checkout lines`, 20_000);
 
 /**
  * The line of the request that created `res`'s session: found by its session id, never
@@ -144,7 +150,7 @@ test('the price, mode and countries come from the catalogue whatever the client 
   assert.ok(call.raw.includes('%7BCHECKOUT_SESSION_ID%7D') && !call.raw.includes('%257B'), call.raw);
   assert.equal(res.headers.get('cache-control'), 'no-store');
 
-  const [line] = await checkoutLines();
+  const line = await lineOfSession(res);
   assert.equal(line.msg, 'checkout session created');
   assert.equal(line.session_id, standin.sessionsCreated()[0].id);
   assert.equal(line.request_id, call.requestId);
@@ -180,7 +186,8 @@ test('an unknown product or a bad quantity is a 400 that never reaches Stripe', 
   assert.equal(standin.callsTo('stripe').length, 0);
   // The made-up slug is never logged.
   assert.ok(!JSON.stringify(lines()).includes('enterprise'));
-  assert.ok((await checkoutLines(cases.length)).every((l) => l.msg === 'checkout refused' && l.status === 400));
+  const refused = await checkoutLinesWhere((l) => l.msg === 'checkout refused' && l.status === 400, cases.length);
+  assert.ok(refused.every((l) => l.msg === 'checkout refused' && l.status === 400));
 });
 
 test('other methods are 405 and an oversized body 413', async () => {
@@ -221,7 +228,7 @@ test('a valid promotion code is looked up server-side and applied', async () => 
   assert.equal(lookup.query.code, 'spring-25');
   assert.equal(lookup.query.active, 'true');
   assert.equal(formOf(creations()[0])['discounts[0][promotion_code]'], promo.id);
-  const [line] = await checkoutLines();
+  const line = await lineOfSession(res);
   assert.equal(line.promotion, 'applied');
   assert.equal(line.promotion_code_id, promo.id);
   assert.equal(line.code_attempts, 1);
@@ -309,7 +316,7 @@ test('code guesses are throttled per client: 429 with Retry-After, then the wind
   assert.equal((await checkout({ product: 'pro' }, { ip })).status, 200);
   assert.equal((await checkout({ product: 'pro', promotion_code: 'X' }, { ip: clientIp() })).status, 200);
 
-  const refused = (await checkoutLines(ATTEMPTS + 3)).find((l) => l.reason === 'checkout_rate_limited');
+  const [refused] = await checkoutLinesWhere((l) => l.reason === 'checkout_rate_limited');
   assert.equal(refused.level, 'warn');
   assert.equal(refused.code_attempts, ATTEMPTS + 1);
   // D1 counts per keyed hash of the address, never the address itself.
@@ -329,7 +336,7 @@ test('a Stripe failure is a 502 without Stripe\'s words, logged with its request
   for (const leak of ['injected', 'api_error', call.requestId, STRIPE_KEY, 'price_1ProMonthly']) {
     assert.ok(!res.text.includes(leak), `the answer leaks ${leak}`);
   }
-  const [line] = await checkoutLines();
+  const [line] = await checkoutLinesWhere((l) => l.reason === 'checkout_stripe_failed');
   assert.equal(line.msg, 'checkout failed: Stripe API');
   assert.equal(line.level, 'error');
   assert.equal(line.reason, 'checkout_stripe_failed');
@@ -370,7 +377,7 @@ test('CORS: an allowed origin gets its preflight and readable answers; a foreign
     assert.equal(foreign.headers.get('access-control-allow-origin'), null, method);
   }
   assert.equal(creations().length, 1, 'only the allowed POST reached Stripe');
-  assert.ok((await checkoutLines(5)).some((l) => l.reason === 'checkout_forbidden_origin' && l.origin === 'foreign'));
+  assert.ok((await checkoutLinesWhere((l) => l.reason === 'checkout_forbidden_origin')).some((l) => l.origin === 'foreign'));
 });
 
 test('a malformed catalogue is reported by name in /healthz and checkout answers 503', async () => {
