@@ -27,7 +27,7 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
     let url = raw.url();
     match (path_of(&url), method) {
         (WEBHOOK_PATH, Method::Post) => webhook(raw, env, started).await,
-        (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started),
+        (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started, 0),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
         (checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
         (path, _) if path.starts_with(orders::PREFIX) => {
@@ -38,7 +38,7 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
             let config = load_config(&env);
             ops::handle(Request::from(raw), env, config).await
         }
-        _ => answer(Decision::refused(Refusal::NotFound), started),
+        _ => answer(Decision::refused(Refusal::NotFound), started, 0),
     }
 }
 
@@ -58,14 +58,14 @@ fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
 async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Response> {
     let config = load_config(&env);
     if config.webhook_secrets.is_empty() {
-        return answer(Decision::refused(Refusal::NotConfigured), started);
+        return answer(Decision::refused(Refusal::NotConfigured), started, 0);
     }
     let too_large = Decision::refused(Refusal::TooLarge {
         limit: config.max_body_bytes,
     });
     let declared = header(&raw, "content-length")?.and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > config.max_body_bytes) {
-        return answer(too_large, started);
+        return answer(too_large, started, 0);
     }
     let signature = header(&raw, "stripe-signature")?;
     let body = match declared {
@@ -79,7 +79,7 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
         None => read_capped(&mut Request::from(raw), config.max_body_bytes).await?,
     };
     let Some(body) = body else {
-        return answer(too_large, started);
+        return answer(too_large, started, 0);
     };
     let tags = subtle::tags(&config.webhook_secrets, signature.as_deref(), &body).await;
     let delivery = Delivery {
@@ -87,14 +87,20 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
         body: &body,
         tags: tags.as_deref(),
     };
-    let decision = match Runtime::bind(&env, config) {
-        Ok(runtime) => ingress::handle(&runtime.deps(true), delivery, started).await,
-        Err(e) => Decision::refused(Refusal::Unavailable(LedgerError {
-            operation: "bind",
-            detail: e.to_string(),
-        })),
+    let (decision, d1_calls) = match Runtime::bind(&env, config) {
+        Ok(runtime) => {
+            let decision = ingress::handle(&runtime.deps(true), delivery, started).await;
+            (decision, runtime.ledger.calls())
+        }
+        Err(e) => {
+            let refusal = Refusal::Unavailable(LedgerError {
+                operation: "bind",
+                detail: e.to_string(),
+            });
+            (Decision::refused(refusal), 0)
+        }
     };
-    answer(decision, started)
+    answer(decision, started, d1_calls)
 }
 
 /// Reads the body, giving up as soon as it exceeds `limit` (a chunked body has no
@@ -139,15 +145,18 @@ async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> 
         nonce: &nonce,
         body: body.as_deref(),
     };
+    let counter = throttle(&env);
     let deps = CheckoutDeps {
         config: &config,
         upstream: &FetchUpstream,
         clock: &WorkerClock,
-        throttle: &throttle(&env),
+        throttle: &counter,
         pause: &WorkerPause,
     };
     let decision = checkout::handle(&deps, &request, started).await;
-    http::checkout::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    http::checkout::decision_line(&decision, now_ms().saturating_sub(started))
+        .num("d1_calls", u64::from(counter.calls()))
+        .emit(&Console);
     response::checkout(&http::checkout::for_decision(&decision))
 }
 
@@ -169,25 +178,32 @@ async fn order(req: Request, env: Env, started: u64, id: &str) -> Result<Respons
         client_ip: client_ip.as_deref(),
         id,
     };
-    let decision = match Runtime::bind(&env, config.clone()) {
+    let (decision, d1_calls) = match Runtime::bind(&env, config.clone()) {
         Ok(runtime) => {
             let engine = runtime.deps(true);
+            let counter = throttle(&env);
             let deps = OrderDeps {
                 engine: &engine,
-                throttle: &throttle(&env),
+                throttle: &counter,
             };
-            orders::handle(&deps, &request, started).await
+            let decision = orders::handle(&deps, &request, started).await;
+            (decision, runtime.ledger.calls() + counter.calls())
         }
-        Err(e) => OrderDecision::unavailable(
-            request.origin,
-            &config.checkout.allowed_origins,
-            LedgerError {
+        Err(e) => {
+            let error = LedgerError {
                 operation: "bind",
                 detail: e.to_string(),
-            },
-        ),
+            };
+            let origins = &config.checkout.allowed_origins;
+            (
+                OrderDecision::unavailable(request.origin, origins, error),
+                0,
+            )
+        }
     };
-    http::orders::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+    http::orders::decision_line(&decision, now_ms().saturating_sub(started))
+        .num("d1_calls", u64::from(d1_calls))
+        .emit(&Console);
     response::checkout(&http::orders::for_decision(&decision))
 }
 
@@ -200,8 +216,11 @@ async fn healthz(env: Env) -> Result<Response> {
     response::json(health::healthz(&config, database_ok))
 }
 
-fn answer(decision: Decision, started: u64) -> Result<Response> {
-    http::webhook::decision_line(&decision, now_ms().saturating_sub(started)).emit(&Console);
+/// Logs the decision with the D1 round trips it took, and answers.
+fn answer(decision: Decision, started: u64, d1_calls: u32) -> Result<Response> {
+    http::webhook::decision_line(&decision, now_ms().saturating_sub(started))
+        .num("d1_calls", u64::from(d1_calls))
+        .emit(&Console);
     response::json(http::webhook::for_decision(&decision))
 }
 

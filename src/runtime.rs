@@ -118,5 +118,5 @@ impl Runtime {
 /// The code-attempt counter; without a `DB` binding every count fails (only requests
 /// carrying a promotion code need one).
 pub fn throttle(env: &Env) -> D1Throttle {
-    D1Throttle(env.d1(DB_BINDING).ok())
+    D1Throttle::new(env.d1(DB_BINDING).ok())
 }

@@ -2,22 +2,58 @@
 //! batch), so every transition stays atomic.
 
 use serde::Deserialize;
+use std::cell::Cell;
 use stripe_edge_core::ports::ledger::{
-    Claim, EventRecord, Ledger, LedgerError, PaymentRefs, PurchaseState, ReversalRecord,
-    Settlement, StepClaim, StepRow, StepState, TakeBackRule,
+    Claim, ClaimAsk, EventRecord, Ledger, LedgerError, Opening, PaymentRefs, PurchaseState,
+    ReversalRecord, RoundResult, Settle, Settlement, StepClaim, StepRow, StepState, TakeBackRule,
 };
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement};
+
+use worker::{D1Database, D1PreparedStatement, D1Result};
 
 use super::{failure, int, opt_text, text};
 
 pub struct D1Ledger {
     pub(super) db: D1Database,
+    /// Round trips made through this binding (a batch is one): `d1_calls` on the
+    /// request's decision line.
+    calls: Cell<u32>,
 }
 
 impl D1Ledger {
     pub fn new(db: D1Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            calls: Cell::new(0),
+        }
+    }
+
+    /// Round trips made so far (statements and batches sent to D1).
+    pub fn calls(&self) -> u32 {
+        self.calls.get()
+    }
+
+    fn count(&self) {
+        self.calls.set(self.calls.get() + 1);
+    }
+
+    /// Sends `statements` as one batch: one round trip, one transaction. Fails when any
+    /// statement failed (D1 rolled the whole batch back).
+    pub(super) async fn batch(
+        &self,
+        operation: &'static str,
+        statements: Vec<D1PreparedStatement>,
+    ) -> Result<Vec<D1Result>, LedgerError> {
+        self.count();
+        let results = self
+            .db
+            .batch(statements)
+            .await
+            .map_err(failure(operation))?;
+        match results.iter().find_map(|r| r.error()) {
+            Some(detail) => Err(LedgerError { operation, detail }),
+            None => Ok(results),
+        }
     }
 
     pub(super) fn statement(
@@ -31,6 +67,7 @@ impl D1Ledger {
 
     /// A cheap query that fails when D1 is unreachable or the migrations are missing.
     pub async fn ping(&self) -> Result<(), LedgerError> {
+        self.count();
         self.statement("ping", "SELECT 1 FROM events LIMIT 1", &[])?
             .all()
             .await
@@ -64,7 +101,7 @@ struct StateOnly {
 }
 
 #[derive(Deserialize)]
-struct RawStep {
+pub(super) struct RawStep {
     step: String,
     event_id: String,
     state: String,
@@ -76,7 +113,7 @@ struct RawStep {
 }
 
 impl RawStep {
-    fn into_row(self) -> Option<StepRow> {
+    pub(super) fn into_row(self) -> Option<StepRow> {
         Some(StepRow {
             state: StepState::parse(&self.state)?,
             step: self.step,
@@ -95,7 +132,7 @@ struct SessionOnly {
     session_id: String,
 }
 
-const STEP_COLUMNS: &str =
+pub(super) const STEP_COLUMNS: &str =
     "step, event_id, state, lease_until, attempts, last_error, result, updated_at";
 
 impl D1Ledger {
@@ -105,6 +142,7 @@ impl D1Ledger {
         sql: &str,
         args: &[JsValue],
     ) -> Result<usize, LedgerError> {
+        self.count();
         let result = self
             .statement(operation, sql, args)?
             .run()
@@ -120,6 +158,7 @@ impl D1Ledger {
         sql: &str,
         args: &[JsValue],
     ) -> Result<Vec<T>, LedgerError> {
+        self.count();
         let result = self
             .statement(operation, sql, args)?
             .all()
@@ -137,12 +176,25 @@ impl D1Ledger {
         sql: &str,
         args: &[JsValue],
     ) -> Result<Option<T>, LedgerError> {
+        self.count();
         self.statement(operation, sql, args)?
             .first(None)
             .await
             .map_err(failure(operation))
     }
 }
+
+/// Ends an attempt only if it is still the current one (`attempts = ?3`).
+pub(super) const SETTLE_DONE: &str = "UPDATE steps SET state = 'done', result = ?5, last_error = NULL, lease_until = NULL, updated_at = ?4 \
+    WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+// Released after a reversal was recorded: a forward step never runs again.
+pub(super) const SETTLE_RELEASE: &str = "UPDATE steps SET state = CASE WHEN direction = 'forward' AND EXISTS \
+      (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1) THEN 'cancelled' ELSE 'pending' END, \
+    last_error = ?5, lease_until = NULL, updated_at = ?4 \
+    WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
+pub(super) const SETTLE_FAIL: &str =
+    "UPDATE steps SET state = 'failed', last_error = ?5, lease_until = NULL, updated_at = ?4 \
+    WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
 
 /// Inserts a purchase in `state`; on conflict, moves it to `state` only from `from`.
 const UPSERT_PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemode, created_at, updated_at) \
@@ -151,6 +203,40 @@ const UPSERT_PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemod
     WHERE purchases.state IN (SELECT value FROM json_each(?5))";
 
 impl Ledger for D1Ledger {
+    async fn open_round(
+        &self,
+        session_id: &str,
+        event: Option<&EventRecord>,
+        opening: &Opening<'_>,
+        claims: &[ClaimAsk],
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<(Claim, RoundResult), LedgerError> {
+        self.open_round_batch(session_id, event, opening, claims, now_ms, lease_until)
+            .await
+    }
+
+    async fn round(
+        &self,
+        session_id: &str,
+        settles: &[Settle],
+        claims: &[ClaimAsk],
+        event_id: &str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<RoundResult, LedgerError> {
+        self.round_batch(session_id, settles, claims, event_id, now_ms, lease_until)
+            .await
+    }
+
+    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
+        const SQL: &str = "SELECT state FROM purchases WHERE session_id = ?1";
+        let row: Option<StateOnly> = self
+            .first("purchase_state", SQL, &[text(session_id)])
+            .await?;
+        Ok(row.and_then(|r| PurchaseState::parse(&r.state)))
+    }
+
     async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
         const INSERT: &str = "INSERT INTO events \
             (id, type, livemode, api_version, created, object_id, disposition, received_at) \
@@ -178,13 +264,7 @@ impl Ledger for D1Ledger {
             self.statement("claim_event", INSERT, &args)?,
             self.statement("claim_event", STORED, &[text(&r.id)])?,
         ];
-        let results = self.db.batch(batch).await.map_err(failure("claim_event"))?;
-        if let Some(detail) = results.iter().find_map(|r| r.error()) {
-            return Err(LedgerError {
-                operation: "claim_event",
-                detail,
-            });
-        }
+        let results = self.batch("claim_event", batch).await?;
         let inserted: Vec<Returned> = results[0].results().map_err(failure("claim_event"))?;
         if !inserted.is_empty() {
             return Ok(Claim::New);
@@ -290,18 +370,7 @@ impl Ledger for D1Ledger {
         )?);
         // One batch is one transaction and one round trip; each statement is idempotent
         // on its own, so a retry after a partial failure is safe too.
-        let results = self
-            .db
-            .batch(batch)
-            .await
-            .map_err(failure("open_fulfilment"))?;
-        match results.iter().find_map(|r| r.error()) {
-            Some(detail) => Err(LedgerError {
-                operation: "open_fulfilment",
-                detail,
-            }),
-            None => Ok(()),
-        }
+        self.batch("open_fulfilment", batch).await.map(drop)
     }
 
     async fn record_reversal(
@@ -394,11 +463,7 @@ impl Ledger for D1Ledger {
             self.statement("reset_failed", STEPS, &args)?,
             self.statement("reset_failed", PURCHASE, &args)?,
         ];
-        let results = self
-            .db
-            .batch(batch)
-            .await
-            .map_err(failure("reset_failed"))?;
+        let results = self.batch("reset_failed", batch).await?;
         let changed = results
             .first()
             .and_then(|r| r.meta().ok().flatten())
@@ -511,19 +576,10 @@ impl Ledger for D1Ledger {
         settlement: &Settlement,
         now_ms: u64,
     ) -> Result<bool, LedgerError> {
-        const DONE: &str = "UPDATE steps SET state = 'done', result = ?5, last_error = NULL, lease_until = NULL, updated_at = ?4 \
-            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
-        // Released after a reversal was recorded: a forward step never runs again.
-        const RELEASE: &str = "UPDATE steps SET state = CASE WHEN direction = 'forward' AND EXISTS \
-              (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1) THEN 'cancelled' ELSE 'pending' END, \
-            last_error = ?5, lease_until = NULL, updated_at = ?4 \
-            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
-        const FAIL: &str = "UPDATE steps SET state = 'failed', last_error = ?5, lease_until = NULL, updated_at = ?4 \
-            WHERE session_id = ?1 AND step = ?2 AND state = 'running' AND attempts = ?3";
         let (sql, value) = match settlement {
-            Settlement::Done(result) => (DONE, result),
-            Settlement::Release(error) => (RELEASE, error),
-            Settlement::Fail(error) => (FAIL, error),
+            Settlement::Done(result) => (SETTLE_DONE, result),
+            Settlement::Release(error) => (SETTLE_RELEASE, error),
+            Settlement::Fail(error) => (SETTLE_FAIL, error),
         };
         let args = [
             text(session_id),

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod ops_store;
 pub mod orders;
 mod reversal;
+mod round;
 pub mod throttle;
 
 pub use ledger::D1Ledger;

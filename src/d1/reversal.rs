@@ -118,13 +118,7 @@ impl D1Ledger {
         let mut batch = vec![self.statement(op, INSERT, &args)?];
         batch.extend(self.apply_reversals(op, None, Some(&r.reference), rules, now_ms)?);
         batch.push(self.statement(op, FOUND, &[text(&r.reference)])?);
-        let results = self.db.batch(batch).await.map_err(super::failure(op))?;
-        if let Some(detail) = results.iter().find_map(|r| r.error()) {
-            return Err(LedgerError {
-                operation: op,
-                detail,
-            });
-        }
+        let results = self.batch(op, batch).await?;
         let found: Vec<Found> = results
             .last()
             .map(|r| r.results())

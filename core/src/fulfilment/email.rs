@@ -36,30 +36,47 @@ pub enum Letter {
 }
 
 /// Runs the step and returns Resend's e-mail id (or [`NO_EMAIL`]).
+/// `license` is the license step's row as the engine last read it (in the round trip
+/// that claimed this step, after the license settled).
 pub async fn run(
     purchase: &Purchase,
     config: &Config,
-    ledger: &impl Ledger,
+    license: Option<&StepRow>,
     upstream: &impl Upstream,
     clock: &impl Clock,
     deadline: Deadline,
     first: &FirstBody<'_, impl Ledger>,
 ) -> Result<String, StepError> {
-    let (api_key, from) = configured(&config.email)?;
-    let session = &purchase.session;
-    let Some(to) = session.email() else {
+    let Some(request) = step_request(purchase, config, license)? else {
         return Ok(NO_EMAIL.to_string());
     };
-    let license = ledger
-        .step(&session.id, Step::License.name())
-        .await
-        .map_err(|e| StepError::Retryable(format!("ledger {} failed", e.operation)))?;
-    let letter = letter(license.as_ref())?;
-    let key = Step::Email.idempotency_key(&session.id);
-    let request = request(&config.email, api_key, from, session, to, &letter, key);
     first.admit(&request).await?;
     let body = call(upstream, clock, deadline, Callee::Email, request).await?;
     email_id(&body)
+}
+
+/// The step's request (`None`: the session has no address, nothing to send).
+pub fn step_request(
+    purchase: &Purchase,
+    config: &Config,
+    license: Option<&StepRow>,
+) -> Result<Option<HttpRequest>, StepError> {
+    let (api_key, from) = configured(&config.email)?;
+    let session = &purchase.session;
+    let Some(to) = session.email() else {
+        return Ok(None);
+    };
+    let letter = letter(license)?;
+    let key = Step::Email.idempotency_key(&session.id);
+    Ok(Some(request(
+        &config.email,
+        api_key,
+        from,
+        session,
+        to,
+        &letter,
+        key,
+    )))
 }
 
 /// The e-mail a purchase gets, from its license step's row (`None`: it has none).

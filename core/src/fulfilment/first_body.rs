@@ -58,6 +58,11 @@ pub fn digests(body: &str, key: &[u8]) -> Digests {
     }
 }
 
+/// What `steps.body_digest` keeps for `body`: its digests under `key`, as JSON.
+pub fn stored_form(body: &str, key: &[u8]) -> String {
+    serde_json::to_string(&digests(body, key)).expect("digests serialise")
+}
+
 /// Every leaf of a JSON value with its dotted path; arrays are one leaf.
 fn leaves(value: &Value, path: String, each: &mut impl FnMut(String, String)) {
     match value {
@@ -151,8 +156,7 @@ impl<L: Ledger> FirstBody<'_, L> {
                 ))),
             },
             None => {
-                let first =
-                    serde_json::to_string(&digests(body, self.keys[0])).expect("digests serialise");
+                let first = stored_form(body, self.keys[0]);
                 self.ledger
                     .pin_body(
                         self.session_id,

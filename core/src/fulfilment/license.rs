@@ -19,15 +19,20 @@ pub async fn run(
     deadline: Deadline,
     first: &FirstBody<'_, impl Ledger>,
 ) -> Result<String, StepError> {
-    let service = configured(config.license.as_ref())?;
-    let mut request = request(purchase, service)
-        .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))?;
+    let mut request = step_request(purchase, config)?;
     if let Some(signer) = &config.forward_signer {
         signer.attach(&mut request, (clock.now_ms() / 1000) as i64);
     }
     first.admit(&request).await?;
     let body = call(upstream, clock, deadline, Callee::License, request).await?;
     license_key(&body)
+}
+
+/// The step's request, or why there is none (not configured, no product).
+pub fn step_request(purchase: &Purchase, config: &Config) -> Result<HttpRequest, StepError> {
+    let service = configured(config.license.as_ref())?;
+    request(purchase, service)
+        .ok_or_else(|| StepError::Permanent("session has no metadata.slug".into()))
 }
 
 /// The request for a purchase; `None` when the session names no product.

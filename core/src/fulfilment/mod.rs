@@ -10,6 +10,7 @@
 pub mod cancel_shipment;
 pub mod email;
 pub mod first_body;
+mod join;
 pub mod license;
 pub mod plan;
 pub mod reversal;
@@ -21,7 +22,8 @@ use crate::fulfilment::plan::{Purchase, Step};
 use crate::fulfilment::reversal::TakeBack;
 use crate::log::Line;
 use crate::ports::ledger::{
-    Ledger, LedgerError, PaymentRefs, PurchaseState, Settlement, StepRow, StepState,
+    Claim, ClaimAsk, EventRecord, Ledger, LedgerError, Opening, PaymentRefs, PurchaseState,
+    RoundResult, Settle, Settlement, StepClaim, StepRow, StepState,
 };
 use crate::ports::Enqueue;
 use crate::ports::Sink;
@@ -74,47 +76,242 @@ pub struct Report {
     pub state: Option<PurchaseState>,
 }
 
+impl Report {
+    /// Nothing opened, nothing run (a conflicting event id).
+    const NOTHING: Report = Report {
+        outcome: RunOutcome::Complete,
+        ran: false,
+        state: None,
+    };
+}
+
 /// Opens the purchase (idempotently) and runs its steps that are not done.
 pub async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     purchase: &Purchase,
     started_ms: u64,
 ) -> Result<Report, LedgerError> {
+    Ok(fulfil_event(deps, purchase, None, started_ms).await?.1)
+}
+
+/// [`fulfil`] for a delivery whose event is claimed in the same first round trip
+/// (`event`): a conflicting event id opens nothing and runs nothing.
+///
+/// Round trips: the first claims the event, opens the purchase and takes every step it
+/// may run now (a duplicate of a settled purchase, or one whose steps are all held,
+/// stops there); the steps taken run side by side; the next settles them, takes a step
+/// that was waiting for one of them (the e-mail, after the license) and derives the
+/// purchase's state; and so on until nothing is left to take.
+pub async fn fulfil_event<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    event: Option<&EventRecord>,
+    started_ms: u64,
+) -> Result<(Claim, Report), LedgerError> {
     let session_id = purchase.session_id();
-    let steps = open(deps, purchase).await?;
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
-    let mut outcomes = Vec::new();
-    let mut ran = false;
-    for step in &steps {
-        let (outcome, claimed) = run_step(deps, purchase, *step, deadline).await?;
-        ran |= claimed;
-        outcomes.push(outcome);
-        if outcome == StepOutcome::Busy {
-            break;
+    let asks: Vec<ClaimAsk> = purchase
+        .steps
+        .iter()
+        .map(|step| ask(deps, purchase, *step, None))
+        .collect();
+    let (claim, mut round) = open(deps, purchase, event, &asks).await?;
+    if claim == Claim::Conflict {
+        return Ok((claim, Report::NOTHING));
+    }
+    let mut held: Vec<(Step, StepClaim)> = held(&asks, &mut round);
+    let mut tried: Vec<Step> = Vec::new();
+    let mut outcomes: Vec<(Step, StepOutcome)> = Vec::new();
+    // Each round takes at least one step that was never taken in this run: bounded by
+    // the number of steps.
+    while !held.is_empty() {
+        let attempts = held
+            .iter()
+            .map(|(step, claim)| attempt(deps, purchase, *step, claim, &round.steps, deadline));
+        let results = join::all(attempts.collect()).await;
+        tried.extend(held.iter().map(|(step, _)| *step));
+        let settles: Vec<Settle> = held
+            .iter()
+            .zip(&results)
+            .map(|((step, claim), (result, _))| Settle {
+                step: step.name(),
+                attempt: claim.attempt,
+                settlement: settlement(result),
+            })
+            .collect();
+        // Steps that waited for one settled now (the e-mail, once the license is done).
+        let waiting: Vec<ClaimAsk> = purchase
+            .steps
+            .iter()
+            .filter(|s| !tried.contains(s) && s.after().is_some_and(|a| tried.contains(&a)))
+            .map(|step| {
+                let license = made_in_this_run(&held, &results, Step::License);
+                ask(deps, purchase, *step, license.as_ref())
+            })
+            .collect();
+        let now = deps.clock.now_ms();
+        round = deps
+            .ledger
+            .round(
+                session_id,
+                &settles,
+                &waiting,
+                &purchase.event_id,
+                now,
+                now + LEASE_MS,
+            )
+            .await?;
+        for (((step, claim), (result, began)), settled) in
+            held.iter().zip(&results).zip(&round.settled)
+        {
+            let outcome = report_step(deps, purchase, *step, claim, result, *settled, *began, now);
+            outcomes.push((*step, outcome));
+        }
+        held = self::held(&waiting, &mut round);
+    }
+    // The steps this run did not take: where they stand, from the last read.
+    for step in &purchase.steps {
+        if outcomes.iter().any(|(s, _)| s == step) {
+            continue;
+        }
+        if let Some(row) = round.steps.iter().find(|r| r.step == step.name()) {
+            outcomes.push((*step, observe(deps, session_id, *step, row)));
         }
     }
-    let state = if steps.is_empty() {
-        Some(PurchaseState::NothingToFulfil)
-    } else {
-        deps.ledger
-            .finish_purchase(session_id, deps.clock.now_ms())
-            .await?
-    };
+    let ran = !tried.is_empty();
+    let mut outcomes: Vec<StepOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    let state = round.state;
     // A reversal was recorded for this purchase (before it was opened, or while a step
     // ran): take back what was done. Read after the forward steps settled, so a
     // reversal that found one of them running (and answered 409) is carried on here;
     // one recorded later sees them done and takes back itself. No extra read for the
     // purchase that has none.
+    let mut ran = ran;
     if state.is_some_and(PurchaseState::is_reversed) {
         let (back, took) = take_back_steps(deps, session_id, deadline).await?;
         ran |= took;
         outcomes.extend(back);
     }
-    Ok(Report {
-        outcome: aggregate(&outcomes),
-        ran,
-        state,
+    Ok((
+        claim,
+        Report {
+            outcome: aggregate(&outcomes),
+            ran,
+            state,
+        },
+    ))
+}
+
+/// What this run asks of a step: taken after the step it waits for, with the digests
+/// of its first body when they can be known before the call (the license's, and the
+/// e-mail's once the license key is known); the shipping order needs Stripe's line
+/// items first, so it keeps its digests in a round trip of its own before its call.
+fn ask<L, U, C, S>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    step: Step,
+    license: Option<&StepRow>,
+) -> ClaimAsk {
+    let request = match step {
+        Step::License => license::step_request(purchase, deps.config).ok(),
+        Step::Email if license.is_some() => email::step_request(purchase, deps.config, license)
+            .ok()
+            .flatten(),
+        Step::Email | Step::Shipping => None,
+    };
+    let key = first_body::keys(&deps.config.webhook_secrets)[0];
+    ClaimAsk {
+        step: step.name(),
+        after: step.after().map(Step::name),
+        first_body: request
+            .and_then(|r| r.body)
+            .map(|body| first_body::stored_form(&body, key)),
+    }
+}
+
+/// The steps a round took, with their claims, in the order asked.
+fn held(asks: &[ClaimAsk], round: &mut RoundResult) -> Vec<(Step, StepClaim)> {
+    asks.iter()
+        .zip(round.claimed.drain(..))
+        .filter_map(|(ask, claim)| Some((Step::parse(ask.step)?, claim?)))
+        .collect()
+}
+
+/// The row a step made in this run, as the next round will store it (the e-mail's
+/// request is built from the license this run just made).
+fn made_in_this_run(
+    held: &[(Step, StepClaim)],
+    results: &[(Result<String, StepError>, u64)],
+    step: Step,
+) -> Option<StepRow> {
+    let i = held.iter().position(|(s, _)| *s == step)?;
+    let (Ok(result), _) = &results[i] else {
+        return None;
+    };
+    Some(StepRow {
+        step: step.name().to_string(),
+        event_id: held[i].1.event_id.clone(),
+        state: StepState::Done,
+        lease_until: None,
+        attempts: held[i].1.attempt,
+        last_error: None,
+        result: Some(result.clone()),
+        updated_at: 0,
     })
+}
+
+fn settlement(result: &Result<String, StepError>) -> Settlement {
+    match result {
+        Ok(id) => Settlement::Done(id.clone()),
+        Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
+        Err(e) => Settlement::Release(e.message()),
+    }
+}
+
+/// Records the purchase and its steps (idempotently: every event and redelivery may)
+/// with its payment ids, in one round trip that also claims the event when given and
+/// takes the steps in `asks` ([`Ledger::open_round`]); a reversal already recorded
+/// against them is applied in the same transaction, so a purchase whose refund came
+/// first never runs a step. The e-mail step joins only a purchase opened while
+/// `RESEND_API_KEY` was set: a purchase the ledger already holds without it (opened
+/// before the key was set) never gets an e-mail from a later event or redelivery.
+/// Queue mode and the success page open with no asks (the consumer runs the steps).
+pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    event: Option<&EventRecord>,
+    asks: &[ClaimAsk],
+) -> Result<(Claim, RoundResult), LedgerError> {
+    let session_id = purchase.session_id();
+    let steps: Vec<(&'static str, bool)> = purchase
+        .steps
+        .iter()
+        .map(|s| (s.name(), s.only_new()))
+        .collect();
+    let session = &purchase.session;
+    let refs = PaymentRefs {
+        payment_intent: session.payment_intent.as_ref().map(|p| p.id().to_string()),
+        subscription: session.subscription.as_ref().map(|s| s.id().to_string()),
+    };
+    let rules = reversal::rules();
+    let opening = Opening {
+        livemode: purchase.livemode,
+        event_id: &purchase.event_id,
+        steps: &steps,
+        refs: &refs,
+        rules: &rules,
+    };
+    let now = deps.clock.now_ms();
+    let opened = deps
+        .ledger
+        .open_round(session_id, event, &opening, asks, now, now + LEASE_MS)
+        .await?;
+    if steps.is_empty() && opened.0 != Claim::Conflict {
+        Line::info("nothing to fulfil")
+            .id("session_id", session_id)
+            .emit(deps.log);
+    }
+    Ok(opened)
 }
 
 /// Why a purchase could not be resumed.
@@ -175,51 +372,6 @@ pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     Ok(fulfil(deps, &purchase, started_ms).await?)
 }
 
-/// Records the purchase and its steps (idempotently: every event and redelivery may),
-/// and returns the steps to run, with its payment ids; a reversal already recorded
-/// against them is applied in the same transaction, so a purchase whose refund came
-/// first never runs a step. The e-mail step joins only a purchase opened while
-/// `RESEND_API_KEY` was set: a purchase the ledger already holds without it (opened
-/// before the key was set) never gets an e-mail from a later event or redelivery.
-pub async fn open<L: Ledger, U, C: Clock, S: Sink>(
-    deps: &Deps<'_, L, U, C, S>,
-    purchase: &Purchase,
-) -> Result<Vec<Step>, LedgerError> {
-    let session_id = purchase.session_id();
-    let mut steps = purchase.steps.clone();
-    if steps.contains(&Step::Email) {
-        let known = deps.ledger.steps_of(session_id).await?;
-        let opened_without =
-            !known.is_empty() && !known.iter().any(|r| r.step == Step::Email.name());
-        if opened_without {
-            steps.retain(|s| *s != Step::Email);
-        }
-    }
-    let names: Vec<&'static str> = steps.iter().map(|s| s.name()).collect();
-    let session = &purchase.session;
-    let refs = PaymentRefs {
-        payment_intent: session.payment_intent.as_ref().map(|p| p.id().to_string()),
-        subscription: session.subscription.as_ref().map(|s| s.id().to_string()),
-    };
-    deps.ledger
-        .open_purchase(
-            session_id,
-            purchase.livemode,
-            &purchase.event_id,
-            &names,
-            &refs,
-            &reversal::rules(),
-            deps.clock.now_ms(),
-        )
-        .await?;
-    if steps.is_empty() {
-        Line::info("nothing to fulfil")
-            .id("session_id", session_id)
-            .emit(deps.log);
-    }
-    Ok(steps)
-}
-
 fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {
     let any = |o| outcomes.contains(&o);
     if any(StepOutcome::Busy) {
@@ -233,50 +385,56 @@ fn aggregate(outcomes: &[StepOutcome]) -> RunOutcome {
     }
 }
 
-/// Returns the step's outcome and whether this run claimed it.
-async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+/// One attempt of a step this run holds: its call, and when it began.
+async fn attempt<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     purchase: &Purchase,
     step: Step,
+    claim: &StepClaim,
+    rows: &[StepRow],
     deadline: Deadline,
-) -> Result<(StepOutcome, bool), LedgerError> {
-    let session_id = purchase.session_id();
-    let now = deps.clock.now_ms();
-    let claimed = deps
-        .ledger
-        .claim_step(session_id, step.name(), now, now + LEASE_MS)
-        .await?;
-    let Some(claim) = claimed else {
-        return Ok((observe(deps, session_id, step).await?, false));
-    };
-    let attempt = claim.attempt;
+) -> (Result<String, StepError>, u64) {
+    let began = deps.clock.now_ms();
     // Built from the event that opened the step, so every attempt sends the same body
     // under the same Idempotency-Key, whichever event drives the retry.
     let pinned = Purchase {
-        event_id: claim.event_id,
+        event_id: claim.event_id.clone(),
         ..purchase.clone()
     };
     let first = FirstBody {
         ledger: deps.ledger,
-        session_id,
+        session_id: purchase.session_id(),
         step,
-        attempt,
-        pinned: claim.body_digest,
+        attempt: claim.attempt,
+        pinned: claim.body_digest.clone(),
         keys: first_body::keys(&deps.config.webhook_secrets),
-        now_ms: now,
+        now_ms: began,
     };
-    let result = execute(deps, &pinned, step, deadline, &first).await;
-    let settlement = match &result {
-        Ok(id) => Settlement::Done(id.clone()),
-        Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
-        Err(e) => Settlement::Release(e.message()),
+    let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
+    let result = match step {
+        Step::License => license::run(&pinned, config, upstream, clock, deadline, &first).await,
+        Step::Shipping => shipping::run(&pinned, config, upstream, clock, deadline, &first).await,
+        Step::Email => {
+            let license = rows.iter().find(|r| r.step == Step::License.name());
+            email::run(&pinned, config, license, upstream, clock, deadline, &first).await
+        }
     };
-    let end = deps.clock.now_ms();
-    let settled = deps
-        .ledger
-        .settle_step(session_id, step.name(), attempt, &settlement, end)
-        .await?;
-    let (head, outcome) = match (&result, settled) {
+    (result, began)
+}
+
+/// The log line of one settled attempt, and what it means for the run.
+#[allow(clippy::too_many_arguments)]
+fn report_step<L, U, C, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    step: Step,
+    claim: &StepClaim,
+    result: &Result<String, StepError>,
+    settled: bool,
+    began: u64,
+    end: u64,
+) -> StepOutcome {
+    let (head, outcome) = match (result, settled) {
         (_, false) => (Line::warn("step lease lost"), StepOutcome::Busy),
         (Ok(_), true) => (Line::info("step done"), StepOutcome::Done),
         (Err(StepError::NotConfigured(setting)), true) => (
@@ -300,30 +458,31 @@ async fn run_step<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             ),
         },
     };
-    let line = head
-        .id("session_id", session_id)
+    head.id("session_id", purchase.session_id())
         .id("event_id", &purchase.event_id)
         .id("step", step.name())
-        .num("attempt", u64::from(attempt))
-        .num("duration_ms", end.saturating_sub(now));
-    line.emit(deps.log);
-    Ok((outcome, true))
+        .num("attempt", u64::from(claim.attempt))
+        .num("duration_ms", end.saturating_sub(began))
+        .emit(deps.log);
+    outcome
 }
 
-/// What a step we could not claim is doing.
-async fn observe<L: Ledger, U, C, S: Sink>(
+/// What a step this run did not take is doing, from the round's read.
+fn observe<L, U, C, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     session_id: &str,
     step: Step,
-) -> Result<StepOutcome, LedgerError> {
-    let row = deps.ledger.step(session_id, step.name()).await?;
-    let outcome = match row.map(|r| r.state) {
-        Some(StepState::Done) => StepOutcome::Done,
-        Some(StepState::Failed) => StepOutcome::Failed,
+    row: &StepRow,
+) -> StepOutcome {
+    let outcome = match row.state {
+        StepState::Done => StepOutcome::Done,
+        StepState::Failed => StepOutcome::Failed,
         // Never started, and never will: a reversal was recorded first.
-        Some(StepState::Cancelled) => StepOutcome::Done,
-        Some(StepState::Running | StepState::Pending) => StepOutcome::Busy,
-        None => StepOutcome::Retry,
+        StepState::Cancelled => StepOutcome::Done,
+        StepState::Running => StepOutcome::Busy,
+        // Waiting for a step that is not done (the e-mail for a license released for
+        // a retry), or for a reversal's take-back: a later run takes it.
+        StepState::Pending => StepOutcome::Retry,
     };
     if outcome == StepOutcome::Busy {
         Line::info("step busy")
@@ -331,33 +490,7 @@ async fn observe<L: Ledger, U, C, S: Sink>(
             .id("step", step.name())
             .emit(deps.log);
     }
-    Ok(outcome)
-}
-
-async fn execute<L: Ledger, U: Upstream, C: Clock, S>(
-    deps: &Deps<'_, L, U, C, S>,
-    purchase: &Purchase,
-    step: Step,
-    deadline: Deadline,
-    first: &FirstBody<'_, L>,
-) -> Result<String, StepError> {
-    let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
-    match step {
-        Step::License => license::run(purchase, config, upstream, clock, deadline, first).await,
-        Step::Shipping => shipping::run(purchase, config, upstream, clock, deadline, first).await,
-        Step::Email => {
-            email::run(
-                purchase,
-                config,
-                deps.ledger,
-                upstream,
-                clock,
-                deadline,
-                first,
-            )
-            .await
-        }
-    }
+    outcome
 }
 
 /// Runs the take-back steps of a purchase a reversal was just recorded for (the
@@ -389,18 +522,24 @@ async fn take_back_steps<L: Ledger, U: Upstream, C: Clock, S: Sink>(
 ) -> Result<(Vec<StepOutcome>, bool), LedgerError> {
     let rows = deps.ledger.steps_of(session_id).await?;
     let mut outcomes = Vec::new();
-    let mut ran = false;
+    let mut open = Vec::new();
     for take in TakeBack::ALL {
         let Some(row) = rows.iter().find(|r| r.step == take.name()) else {
             continue;
         };
-        let (outcome, claimed) = match row.state {
-            StepState::Done | StepState::Cancelled => (StepOutcome::Done, false),
-            StepState::Failed => (StepOutcome::Failed, false),
-            StepState::Pending | StepState::Running => {
-                run_take_back(deps, session_id, take, &rows, deadline).await?
-            }
-        };
+        match row.state {
+            StepState::Done | StepState::Cancelled => outcomes.push(StepOutcome::Done),
+            StepState::Failed => outcomes.push(StepOutcome::Failed),
+            StepState::Pending | StepState::Running => open.push(take),
+        }
+    }
+    // Each take-back waits only for its own forward step: they run side by side.
+    let runs = open
+        .into_iter()
+        .map(|take| run_take_back(deps, session_id, take, &rows, deadline));
+    let mut ran = false;
+    for result in join::all(runs.collect()).await {
+        let (outcome, claimed) = result?;
         ran |= claimed;
         outcomes.push(outcome);
     }
@@ -562,5 +701,7 @@ async fn execute_take_back<L: Ledger, U: Upstream, C: Clock, S>(
 
 #[cfg(test)]
 mod reversal_tests;
+#[cfg(test)]
+mod round_trip_tests;
 #[cfg(test)]
 mod tests;

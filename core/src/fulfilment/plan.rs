@@ -122,6 +122,21 @@ impl Step {
     /// Derived from the purchase, not the event: every event and every retry about one
     /// Checkout Session sends the same key, so the upstream can drop repeats even when a
     /// lease ran out mid-call.
+    /// The step this one waits for: the e-mail carries the license key. Every other
+    /// step is independent and runs beside the others.
+    pub fn after(self) -> Option<Step> {
+        match self {
+            Self::Email => Some(Self::License),
+            Self::License | Self::Shipping => None,
+        }
+    }
+
+    /// Joins only a purchase the ledger does not hold yet: the e-mail is never added to
+    /// a purchase opened while `RESEND_API_KEY` was unset.
+    pub fn only_new(self) -> bool {
+        self == Self::Email
+    }
+
     pub fn idempotency_key(self, session_id: &str) -> String {
         format!("stripe-edge:{session_id}:{}", self.name())
     }

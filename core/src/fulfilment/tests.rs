@@ -914,12 +914,9 @@ fn while_the_license_may_still_come_the_email_waits_then_goes_out_once() {
         Verdict::Refused(Refusal::Retry)
     );
     assert!(world.upstream.calls_to(Svc::Email).is_empty());
+    // Not even taken while the license is pending: no attempt spent on waiting.
     let row = world.ledger.step_row("cs_1", "email").unwrap();
-    assert_eq!(row.state, StepState::Pending);
-    assert_eq!(
-        row.last_error.as_deref(),
-        Some("waiting for the license step")
-    );
+    assert_eq!((row.state, row.attempts), (StepState::Pending, 0));
     assert_eq!(
         deliver(&world, &paid("cs_1")).verdict,
         recorded(Status::Accepted)

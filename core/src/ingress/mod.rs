@@ -221,11 +221,19 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         None => plan::disposition(&event, session.as_ref(), config.livemode),
     };
     decision.disposition = Some(disposition);
-    let claim = match deps
-        .ledger
-        .claim_event(&record(&event, disposition, started_ms))
-        .await
-    {
+    let record = record(&event, disposition, started_ms);
+    // A paid purchase delivered by Stripe: the event's claim rides the purchase's first
+    // round trip (one transaction: a conflicting id opens nothing).
+    if let (Disposition::Fulfil, Seen::Continue, Some(session)) = (disposition, seen, &session) {
+        let purchase = plan::purchase(&event, session.clone(), config);
+        decision.verdict = match deliver(deps, &purchase, &record, started_ms, &mut decision).await
+        {
+            Ok(verdict) => verdict,
+            Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+        };
+        return decision;
+    }
+    let claim = match deps.ledger.claim_event(&record).await {
         Ok(claim) => claim,
         Err(e) => {
             decision.verdict = Verdict::Refused(Refusal::Unavailable(e));
@@ -329,23 +337,51 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
                 .emit(deps.log);
             Ok(status(Status::Accepted))
         }
+        // An event reconciliation found (claimed above, new): fulfilled as a delivery.
         Disposition::Fulfil => {
             let purchase = plan::purchase(event, session, deps.config);
-            if let Some(queue) = deps.queue {
-                return enqueue(deps, queue, &purchase, seen, decision).await;
-            }
-            let report = fulfilment::fulfil(deps, &purchase, started_ms).await?;
-            decision.purchase_state = report.state;
-            let idle_duplicate = seen && !report.ran;
-            Ok(match report.outcome {
-                RunOutcome::Busy => Verdict::Refused(Refusal::Busy),
-                RunOutcome::Retry => Verdict::Refused(Refusal::Retry),
-                _ if idle_duplicate => Verdict::Recorded(Status::Duplicate),
-                RunOutcome::Failed => Verdict::Recorded(Status::Failed),
-                RunOutcome::Complete => Verdict::Recorded(Status::Accepted),
-            })
+            fulfil(deps, &purchase, None, seen, started_ms, decision).await
         }
     }
+}
+
+/// A paid purchase's delivery, its event claimed in the first round trip.
+async fn deliver<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    record: &EventRecord,
+    started_ms: u64,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    fulfil(deps, purchase, Some(record), false, started_ms, decision).await
+}
+
+/// Runs (inline) or queues (queue mode) a paid purchase; `event`, when given, is
+/// claimed in the same first round trip; `seen` says it was claimed before as seen.
+async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    purchase: &Purchase,
+    event: Option<&EventRecord>,
+    seen: bool,
+    started_ms: u64,
+    decision: &mut Decision,
+) -> Result<Verdict, LedgerError> {
+    if let Some(queue) = deps.queue {
+        return enqueue(deps, queue, purchase, event, seen, decision).await;
+    }
+    let (claim, report) = fulfilment::fulfil_event(deps, purchase, event, started_ms).await?;
+    if claim == Claim::Conflict {
+        return Ok(Verdict::Refused(Refusal::ConflictingEvent));
+    }
+    decision.purchase_state = report.state;
+    let idle_duplicate = (seen || claim == Claim::Seen) && !report.ran;
+    Ok(match report.outcome {
+        RunOutcome::Busy => Verdict::Refused(Refusal::Busy),
+        RunOutcome::Retry => Verdict::Refused(Refusal::Retry),
+        _ if idle_duplicate => Verdict::Recorded(Status::Duplicate),
+        RunOutcome::Failed => Verdict::Recorded(Status::Failed),
+        RunOutcome::Complete => Verdict::Recorded(Status::Accepted),
+    })
 }
 
 /// A money-back event: record it against its PaymentIntent or Subscription (the
@@ -434,24 +470,23 @@ async fn enqueue<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     queue: &dyn Enqueue,
     purchase: &Purchase,
+    event: Option<&EventRecord>,
     seen: bool,
     decision: &mut Decision,
 ) -> Result<Verdict, LedgerError> {
     let session_id = purchase.session_id();
-    fulfilment::open(deps, purchase).await?;
-    let steps = deps.ledger.steps_of(session_id).await?;
-    let unfinished = steps
+    let (claim, round) = fulfilment::open(deps, purchase, event, &[]).await?;
+    if claim == Claim::Conflict {
+        return Ok(Verdict::Refused(Refusal::ConflictingEvent));
+    }
+    let seen = seen || claim == Claim::Seen;
+    let unfinished = round
+        .steps
         .iter()
         .any(|s| matches!(s.state, StepState::Pending | StepState::Running));
     if !unfinished {
-        decision.purchase_state = if steps.is_empty() {
-            Some(PurchaseState::NothingToFulfil)
-        } else {
-            deps.ledger
-                .finish_purchase(session_id, deps.clock.now_ms())
-                .await?
-        };
-        let failed = steps.iter().any(|s| s.state == StepState::Failed);
+        decision.purchase_state = round.state;
+        let failed = round.steps.iter().any(|s| s.state == StepState::Failed);
         return Ok(Verdict::Recorded(match (seen, failed) {
             (true, _) => Status::Duplicate,
             (false, true) => Status::Failed,

@@ -444,19 +444,13 @@ async fn open_paid<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         return Ok(Opened::Ran(report.outcome));
     };
     let session_id = purchase.session_id();
-    fulfilment::open(engine, purchase).await?;
-    let steps = engine.ledger.steps_of(session_id).await?;
-    let unfinished = steps
+    let (_, round) = fulfilment::open(engine, purchase, None, &[]).await?;
+    let unfinished = round
+        .steps
         .iter()
         .any(|s| matches!(s.state, StepState::Pending | StepState::Running));
     if !unfinished {
-        if !steps.is_empty() {
-            engine
-                .ledger
-                .finish_purchase(session_id, engine.clock.now_ms())
-                .await?;
-        }
-        let failed = steps.iter().any(|s| s.state == StepState::Failed);
+        let failed = round.steps.iter().any(|s| s.state == StepState::Failed);
         return Ok(Opened::Ran(if failed {
             RunOutcome::Failed
         } else {

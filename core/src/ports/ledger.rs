@@ -211,8 +211,111 @@ pub struct TakeBackRule {
     pub on: &'static [PurchaseState],
 }
 
+/// What a delivery asks of the purchase's first round (see [`Ledger::open_round`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opening<'a> {
+    pub livemode: bool,
+    /// The event that opens the steps (kept in `steps.event_id`).
+    pub event_id: &'a str,
+    /// The steps, in the plan's order; those marked `only_new` join only a purchase the
+    /// ledger does not hold yet (the e-mail: never added to a purchase opened without it).
+    pub steps: &'a [(&'static str, bool)],
+    pub refs: &'a PaymentRefs,
+    pub rules: &'a [TakeBackRule],
+}
+
+/// One step this run asks to take (see [`Ledger::claim_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimAsk {
+    pub step: &'static str,
+    /// Taken only once this step is neither pending nor running (the e-mail waits for
+    /// the license it carries).
+    pub after: Option<&'static str>,
+    /// The digests of the first body, as this run would send it, kept with the claim
+    /// when the step holds none yet and was opened by `event_id` (whose body it is).
+    pub first_body: Option<String>,
+}
+
+/// One attempt this run ends (see [`Ledger::settle_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    pub step: &'static str,
+    pub attempt: u32,
+    pub settlement: Settlement,
+}
+
+/// What one round did and found, read in the same transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundResult {
+    /// Per [`Settle`], in order: whether the attempt was still current.
+    pub settled: Vec<bool>,
+    /// Per [`ClaimAsk`], in order: the claim, when this run now holds the step.
+    pub claimed: Vec<Option<StepClaim>>,
+    /// Every step of the purchase after the round, ordered by name.
+    pub steps: Vec<StepRow>,
+    /// The purchase's state after the round, derived from its steps.
+    pub state: Option<PurchaseState>,
+}
+
 #[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
 pub trait Ledger {
+    /// A delivery's first round trip, one transaction: claims the event (when given);
+    /// unless the claim is a [`Claim::Conflict`], opens the purchase as
+    /// [`Ledger::open_purchase`] does and takes the steps in `claims`; then derives the
+    /// purchase's state and reads it with every step. A duplicate of a settled
+    /// purchase, and a delivery that finds every step held, need nothing else.
+    ///
+    /// The D1 adapter sends it as one batch; this default composes the single
+    /// statements (native fakes, where nothing runs concurrently).
+    async fn open_round(
+        &self,
+        session_id: &str,
+        event: Option<&EventRecord>,
+        opening: &Opening<'_>,
+        claims: &[ClaimAsk],
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<(Claim, RoundResult), LedgerError> {
+        composed_open_round(
+            self,
+            session_id,
+            event,
+            opening,
+            claims,
+            now_ms,
+            lease_until,
+        )
+        .await
+    }
+
+    /// A later round trip of a delivery, one transaction: settles `settles`, takes the
+    /// steps in `claims` (in order, after the settles, so a step waiting for one just
+    /// settled can be taken), then derives the purchase's state and reads it with every
+    /// step. `event_id` is the event whose first bodies `claims` carry.
+    async fn round(
+        &self,
+        session_id: &str,
+        settles: &[Settle],
+        claims: &[ClaimAsk],
+        event_id: &str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<RoundResult, LedgerError> {
+        composed_round(
+            self,
+            session_id,
+            settles,
+            claims,
+            event_id,
+            now_ms,
+            lease_until,
+        )
+        .await
+    }
+
+    /// The purchase's state, `None` when the ledger does not hold it.
+    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError>;
+
     /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`);
     /// a known id is [`Claim::Seen`] when its stored type and object are this event's,
     /// [`Claim::Conflict`] otherwise.
@@ -387,4 +490,100 @@ pub trait Ledger {
         session_id: &str,
         now_ms: u64,
     ) -> Result<Option<PurchaseState>, LedgerError>;
+}
+
+/// [`Ledger::open_round`] from the single statements, in the same order.
+pub async fn composed_open_round<L: Ledger + ?Sized>(
+    ledger: &L,
+    session_id: &str,
+    event: Option<&EventRecord>,
+    opening: &Opening<'_>,
+    claims: &[ClaimAsk],
+    now_ms: u64,
+    lease_until: u64,
+) -> Result<(Claim, RoundResult), LedgerError> {
+    let claim = match event {
+        Some(record) => ledger.claim_event(record).await?,
+        None => Claim::New,
+    };
+    if claim == Claim::Conflict {
+        return Ok((claim, RoundResult::default()));
+    }
+    let known = ledger.steps_of(session_id).await?;
+    let steps: Vec<&'static str> = opening
+        .steps
+        .iter()
+        .filter(|(_, only_new)| !only_new || known.is_empty())
+        .map(|(name, _)| *name)
+        .collect();
+    ledger
+        .open_purchase(
+            session_id,
+            opening.livemode,
+            opening.event_id,
+            &steps,
+            opening.refs,
+            opening.rules,
+            now_ms,
+        )
+        .await?;
+    let round = ledger
+        .round(
+            session_id,
+            &[],
+            claims,
+            opening.event_id,
+            now_ms,
+            lease_until,
+        )
+        .await?;
+    Ok((claim, round))
+}
+
+/// [`Ledger::round`] from the single statements, in the same order.
+pub async fn composed_round<L: Ledger + ?Sized>(
+    ledger: &L,
+    session_id: &str,
+    settles: &[Settle],
+    claims: &[ClaimAsk],
+    event_id: &str,
+    now_ms: u64,
+    lease_until: u64,
+) -> Result<RoundResult, LedgerError> {
+    let mut result = RoundResult::default();
+    for s in settles {
+        let ok = ledger
+            .settle_step(session_id, s.step, s.attempt, &s.settlement, now_ms)
+            .await?;
+        result.settled.push(ok);
+    }
+    for ask in claims {
+        let waiting = match ask.after {
+            Some(after) => ledger
+                .step(session_id, after)
+                .await?
+                .is_some_and(|r| matches!(r.state, StepState::Pending | StepState::Running)),
+            None => false,
+        };
+        let mut claim = if waiting {
+            None
+        } else {
+            ledger
+                .claim_step(session_id, ask.step, now_ms, lease_until)
+                .await?
+        };
+        if let (Some(c), Some(digest)) = (claim.as_mut(), ask.first_body.as_ref()) {
+            if c.body_digest.is_none() && c.event_id == event_id {
+                ledger
+                    .pin_body(session_id, ask.step, c.attempt, digest, now_ms)
+                    .await?;
+                c.body_digest = Some(digest.clone());
+            }
+        }
+        result.claimed.push(claim);
+    }
+    ledger.finish_purchase(session_id, now_ms).await?;
+    result.steps = ledger.steps_of(session_id).await?;
+    result.state = ledger.purchase_state(session_id).await?;
+    Ok(result)
 }

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use crate::ports::ledger::{
-    Claim, EventRecord, Ledger, LedgerError, PaymentRefs, PurchaseState, ReversalRecord,
-    Settlement, StepClaim, StepRow, StepState, TakeBackRule,
+    composed_open_round, composed_round, Claim, ClaimAsk, EventRecord, Ledger, LedgerError,
+    Opening, PaymentRefs, PurchaseState, ReversalRecord, RoundResult, Settle, Settlement,
+    StepClaim, StepRow, StepState, TakeBackRule,
 };
 use crate::ports::ops_store::{ListQuery, OpsStore, StateFilter};
 use crate::ports::orders::{OrderRecord, OrderStep, OrderStore};
@@ -33,10 +34,18 @@ pub struct MemoryLedger {
     pub reversals: RefCell<Vec<ReversalRecord>>,
     /// Steps inserted as take-back steps (`steps.direction = 'reverse'`).
     pub reverse_steps: RefCell<BTreeSet<(String, String)>>,
+    /// Round trips made: one per port call, a round ([`Ledger::open_round`],
+    /// [`Ledger::round`]) counting once, as the D1 adapter's batch does.
+    pub calls: Cell<u32>,
+    /// Inside a round: its statements are not counted again.
+    batching: Cell<bool>,
 }
 
 impl MemoryLedger {
     fn check(&self, operation: &'static str) -> Result<(), LedgerError> {
+        if !self.batching.get() {
+            self.calls.set(self.calls.get() + 1);
+        }
         if self.unavailable.get() {
             return Err(LedgerError {
                 operation,
@@ -185,6 +194,61 @@ impl MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
+    async fn open_round(
+        &self,
+        session_id: &str,
+        event: Option<&EventRecord>,
+        opening: &Opening<'_>,
+        claims: &[ClaimAsk],
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<(Claim, RoundResult), LedgerError> {
+        self.check("open_round")?;
+        let outer = self.batching.replace(true);
+        let result = composed_open_round(
+            self,
+            session_id,
+            event,
+            opening,
+            claims,
+            now_ms,
+            lease_until,
+        )
+        .await;
+        self.batching.set(outer);
+        result
+    }
+
+    async fn round(
+        &self,
+        session_id: &str,
+        settles: &[Settle],
+        claims: &[ClaimAsk],
+        event_id: &str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<RoundResult, LedgerError> {
+        self.check("round")?;
+        let outer = self.batching.replace(true);
+        let result = composed_round(
+            self,
+            session_id,
+            settles,
+            claims,
+            event_id,
+            now_ms,
+            lease_until,
+        )
+        .await;
+        self.batching.set(outer);
+        result
+    }
+
+    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
+        self.check("purchase_state")?;
+        Ok(self.purchase(session_id))
+    }
+
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError> {
         self.check("claim_event")?;
         let mut events = self.events.borrow_mut();

@@ -79,6 +79,9 @@ pub struct FakeUpstream {
     pub events_cost_ms: Cell<u64>,
     /// When set, every call yields once to the executor, so joined deliveries interleave.
     pub yield_in_calls: Cell<bool>,
+    /// Every call's service when sent (`false`) and when answered (`true`), in order:
+    /// shows which calls were in flight together.
+    pub timeline: RefCell<Vec<(Svc, bool)>>,
     /// Advances the clock by this much on every call (a slow upstream).
     pub call_cost_ms: Cell<u64>,
     pub clock: Option<std::rc::Rc<FakeClock>>,
@@ -284,9 +287,12 @@ impl Upstream for FakeUpstream {
     async fn send(&self, request: HttpRequest) -> Answer {
         assert_stripe_version(&request);
         self.calls.borrow_mut().push(request.clone());
+        let svc = service_of(&request.url);
+        self.timeline.borrow_mut().push((svc, false));
         if self.yield_in_calls.get() {
             YieldOnce(false).await;
         }
+        self.timeline.borrow_mut().push((svc, true));
         if let Some(clock) = &self.clock {
             let mut cost = self.call_cost_ms.get();
             if service_of(&request.url) == Svc::Events {

@@ -1,0 +1,136 @@
+// D1 round trips per delivery and steps side by side (the performance issue), end to
+// end: the built Worker under `wrangler dev` with a local D1 and the stand-ins. Every
+// webhook decision line carries `d1_calls`; this suite holds the counts to the
+// documented ones (README "Round trips per delivery") and shows license and shipping
+// in flight together.
+//
+// Each wait finds its line by the event id of the request in question.
+
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, test } from 'node:test';
+
+import { linesUntil, until } from './support/logs.mjs';
+import { startStandin } from './support/standin.mjs';
+import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
+import { startWorker } from './support/worker.mjs';
+
+const WEBHOOK_SECRET = `whsec_${rid('trips')}`;
+const ADDRESS = { line1: '1 Row', line2: null, city: 'London', state: null, postal_code: 'N1', country: 'GB' };
+
+let standin;
+let worker;
+
+before(async () => {
+  standin = await startStandin();
+  worker = await startWorker({
+    vars: {
+      LICENSE_SERVER_URL: `${standin.url}/license`,
+      SHIPPING_URL: `${standin.url}/shipping/orders`,
+      STRIPE_API_BASE: `${standin.url}/stripe`,
+      UPSTREAM_TIMEOUT_MS: '3000',
+    },
+    secrets: {
+      STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
+      LICENSE_SERVER_API_KEY: `lk_${rid('trips')}`,
+      SHIPPING_API_KEY: `shk_${rid('trips')}`,
+      STRIPE_API_KEY: `sk_test_${rid('trips')}`,
+    },
+  });
+});
+
+after(async () => {
+  await worker?.stop();
+  await standin?.stop();
+});
+
+beforeEach(() => standin.reset());
+
+function paidSession() {
+  const session = checkoutSession({
+    customer: rid('cus'),
+    metadata: { slug: 'pro' },
+    customer_details: { email: 'ada@example.com', name: 'Ada' },
+    collected_information: { shipping_details: { name: 'Ada', address: ADDRESS } },
+  });
+  standin.setLineItems(session.id, [{
+    id: rid('li'), object: 'item', description: 'Mug', quantity: 1, amount_total: 1500, currency: 'usd',
+    price: { id: 'price_1', product: 'prod_1', unit_amount: 1500 },
+  }]);
+  return session;
+}
+
+const send = (evt) => deliver(worker.url, JSON.stringify(evt), { secret: WEBHOOK_SECRET });
+
+/** The `n`th decision line (1-based) of the event `id`: it carries `status` or `reason`. */
+async function decisionLine(id, n = 1) {
+  const lines = await linesUntil(
+    worker,
+    0,
+    (l) => l.event_id === id && l.d1_calls !== undefined,
+    n,
+    `decision line ${n} of ${id}`,
+  );
+  return lines[n - 1];
+}
+
+test('a first paid delivery makes 3 D1 round trips; its duplicate 1', async () => {
+  const evt = event('checkout.session.completed', paidSession());
+  const first = await send(evt);
+  assert.equal(first.status, 200, first.text);
+  assert.equal(first.json.purchase_state, 'fulfilled');
+  const line = await decisionLine(evt.id);
+  assert.equal(line.status, 'accepted');
+  assert.equal(line.d1_calls, 3, JSON.stringify(line));
+
+  const again = await send(evt);
+  assert.equal(again.json.status, 'duplicate');
+  const dup = await decisionLine(evt.id, 2);
+  assert.equal(dup.d1_calls, 1, JSON.stringify(dup));
+  assert.equal(standin.callsTo('license').length, 1);
+  assert.equal(standin.callsTo('shipping').length, 1);
+});
+
+test('an ignored event type makes 1 D1 round trip', async () => {
+  const evt = event('payment_intent.succeeded', { id: rid('pi'), object: 'payment_intent' });
+  const res = await send(evt);
+  assert.equal(res.json.status, 'ignored');
+  assert.equal((await decisionLine(evt.id)).d1_calls, 1);
+});
+
+test('a delivery finding every step held is refused as busy after 1 D1 round trip', async () => {
+  const evt = event('checkout.session.completed', paidSession());
+  // The first delivery holds both steps while its license call waits 2 s.
+  standin.delayNext('license', 1, 2_000);
+  const first = send(evt);
+  await until(
+    () => standin.callsTo('license').length === 1 && standin.callsTo('shipping').length === 1,
+    'both steps called',
+  );
+  const second = await send(evt);
+  assert.equal(second.status, 409, second.text);
+  const busy = (await linesUntil(worker, 0, (l) => l.event_id === evt.id && l.reason === 'purchase_busy', 1, 'busy line'))[0];
+  assert.equal(busy.d1_calls, 1, JSON.stringify(busy));
+  assert.equal((await first).status, 200);
+  assert.equal(standin.callsTo('license').length, 1);
+});
+
+test('license and shipping run side by side: two 400 ms services answer in under 600 ms', async () => {
+  // A sequential engine needs at least 800 ms; load can only add time, so one of
+  // three tries under 600 ms proves the overlap, and every try must overlap.
+  const times = [];
+  for (let i = 0; i < 3; i += 1) {
+    standin.reset();
+    standin.delayNext('license', 1, 400);
+    standin.delayNext('shipping', 1, 400);
+    const evt = event('checkout.session.completed', paidSession());
+    const started = Date.now();
+    const res = await send(evt);
+    times.push(Date.now() - started);
+    assert.equal(res.status, 200, res.text);
+    const [license] = standin.callsTo('license');
+    const [shipping] = standin.callsTo('shipping');
+    assert.ok(Math.abs(license.at - shipping.at) < 400, `in flight together: license at ${license.at}, shipping at ${shipping.at}`);
+    if (times.at(-1) < 600) break;
+  }
+  assert.ok(Math.min(...times) < 600, `delivery times ${times.join(', ')} ms`);
+});
