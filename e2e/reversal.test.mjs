@@ -220,7 +220,7 @@ test('every reversal delivered 20 times at once, then again: one call each', asy
   assert.equal(await purchaseState(session.id), 'refunded');
 });
 
-test('a refund racing the first delivery: the license, if made, is revoked once; nothing ships after the refund', async () => {
+test('a refund racing the first delivery: whatever was made (license, shipment) is taken back exactly once', async () => {
   const session = paidSession();
   standin.delayNext('license', 1, 1_500); // the license is being made when the refund lands
   const checkout = event('checkout.session.completed', session);
@@ -237,10 +237,12 @@ test('a refund racing the first delivery: the license, if made, is revoked once;
   assert.ok(issued.length <= 1);
   assert.equal(standin.revocations().length, issued.length, 'every license made is revoked');
   assert.equal(revokeCalls().length, issued.length, 'revoked exactly once');
-  assert.equal(standin.shipmentsCreated().length, 0, 'shipping had not started: it never will');
-  assert.equal(cancelCalls(session.id).length, 0);
+  // Shipping runs beside the license, so it was under way too: made, then cancelled.
+  const shipped = standin.shipmentsCreated();
+  assert.ok(shipped.length <= 1);
+  assert.equal(cancelCalls(session.id).length, shipped.length, 'every shipment made is cancelled exactly once');
   const rows = await steps(session.id);
-  assert.equal(rows.shipping.state, 'cancelled');
+  assert.equal(rows.shipping.state, shipped.length ? 'done' : 'cancelled');
   assert.equal(await purchaseState(session.id), 'refunded');
 });
 
