@@ -229,6 +229,10 @@ impl Ledger for D1Ledger {
             .await
     }
 
+    fn round_trips(&self) -> u32 {
+        self.calls()
+    }
+
     async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
         const SQL: &str = "SELECT state FROM purchases WHERE session_id = ?1";
         let row: Option<StateOnly> = self

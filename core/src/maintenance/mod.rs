@@ -435,6 +435,7 @@ pub async fn scheduled<L: Ledger, U: Upstream, C: Clock, S: Sink, T: Throttle>(
     throttle: &T,
 ) {
     let started = deps.clock.now_ms();
+    let trips = deps.ledger.round_trips();
     let mut summary = run(deps).await;
     // Checkout's code-attempt counts are read only in their own window: a day is
     // longer than any window CHECKOUT_CODE_WINDOW_SECS allows.
@@ -448,6 +449,8 @@ pub async fn scheduled<L: Ledger, U: Upstream, C: Clock, S: Sink, T: Throttle>(
     };
     summary_line(&summary, deps.clock.now_ms().saturating_sub(started))
         .num("code_windows_pruned", u64::from(pruned))
+        // The ledger's round trips, and the prune's one statement.
+        .num("d1_calls", u64::from(deps.ledger.round_trips() - trips + 1))
         .emit(deps.log);
 }
 

@@ -74,6 +74,7 @@ where
         Ok(route) => route,
         Err(refusal) => return refused(refusal, Some(&who)),
     };
+    let trips = deps.ledger.round_trips();
     let answer = match run(deps, &route, started).await {
         Ok(answer) => answer,
         Err(e) => OpsAnswer::Unavailable(e),
@@ -82,7 +83,8 @@ where
         .id("who", &who)
         .label("route", route.name())
         .opt_id("session_id", session_of(&route))
-        .opt_id("event_id", event_of(&route));
+        .opt_id("event_id", event_of(&route))
+        .num("d1_calls", u64::from(deps.ledger.round_trips() - trips));
     // A resend's key is `Step::resend_key(session, started)`: the line names it.
     let line = match route {
         AdminRoute::ResendEmail(_) => line.num("resend", started),
@@ -94,7 +96,8 @@ where
 fn refused(refusal: AdminRefusal, who: Option<&str>) -> (OpsAnswer, Line) {
     let line = Line::warn("admin refused")
         .opt_id("who", who)
-        .label("reason", refusal.code());
+        .label("reason", refusal.code())
+        .num("d1_calls", 0);
     (OpsAnswer::Refused(refusal), line)
 }
 

@@ -313,6 +313,12 @@ pub trait Ledger {
         .await
     }
 
+    /// Round trips this ledger has made so far (a batch is one): decision lines carry
+    /// the difference over their request as `d1_calls`.
+    fn round_trips(&self) -> u32 {
+        0
+    }
+
     /// The purchase's state, `None` when the ledger does not hold it.
     async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError>;
 

@@ -29,6 +29,7 @@ pub async fn consume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         return QueueVerdict::Ack;
     };
     let started = deps.clock.now_ms();
+    let trips = deps.ledger.round_trips();
     let result = fulfilment::resume(deps, &body.session_id, started).await;
     let reason = match &result {
         // No step could be claimed without the session: count the try on the waiting
@@ -54,7 +55,8 @@ pub async fn consume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         .id("session_id", &body.session_id)
         .id("event_id", &body.event_id)
         .num("attempts", u64::from(most))
-        .num("duration_ms", deps.clock.now_ms().saturating_sub(started));
+        .num("duration_ms", deps.clock.now_ms().saturating_sub(started))
+        .num("d1_calls", u64::from(deps.ledger.round_trips() - trips));
     let line = match &reason {
         Some(reason) => line.text("reason", reason),
         None => line,

@@ -244,6 +244,10 @@ impl Ledger for MemoryLedger {
         result
     }
 
+    fn round_trips(&self) -> u32 {
+        self.calls.get()
+    }
+
     async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
         self.check("purchase_state")?;
         Ok(self.purchase(session_id))
