@@ -5,9 +5,10 @@
 //! e-mail address and id, its product slug, the license step's stored result and the
 //! settings, so every retry sends the same bytes under the same Idempotency-Key (Resend
 //! refuses a key reused with another body). The license key comes from the license
-//! step's row in the ledger, read when the step runs: while that step may still succeed
-//! the e-mail waits (retryable); once it failed, the e-mail fails too, so a replay
-//! (which resets failed steps) runs both again, in order.
+//! step's row: the engine claims this step only once the license step is neither
+//! pending nor running (`Step::after`) and hands it the row as that round trip read it.
+//! A license that failed fails the e-mail too, so a replay (which resets failed steps)
+//! runs both again, in order.
 
 use serde::Deserialize;
 use serde_json::json;
