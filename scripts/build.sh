@@ -49,7 +49,10 @@ done
 # without it. So: worker-build's -O and its list of features (what workerd supports),
 # without the name, producers and target-features sections. A trap then shows
 # wasm-function[N]; KEEP_WASM_NAMES=1 npm run build keeps the names to debug one.
-passes=(-O)
+# --low-memory-unused: rustc's wasm32 layout puts the 1 MiB stack first, growing down
+# towards 0, and the data after it, so nothing lives in the lowest 1 KiB; binaryen may
+# then fold constant offsets into loads and stores (2 KiB of the gzipped upload).
+passes=(-O --low-memory-unused)
 features=(--enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int
   --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling)
 if [[ "${KEEP_WASM_NAMES:-}" == "1" ]]; then
