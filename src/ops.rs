@@ -6,23 +6,29 @@ use std::rc::Rc;
 use stripe_edge_core::http;
 use stripe_edge_core::ops::{self, OpsCall};
 use stripe_edge_core::settings::Config;
-use worker::{Env, Request, Response, Result};
+use worker::{Env, Method, Response, Result};
 
 use crate::response;
+use crate::router::header;
 use crate::runtime::{now_ms, Console, Runtime};
 
-pub async fn handle(req: Request, env: Env, config: Rc<Config>) -> Result<Response> {
+/// `url` is the request's serialised URL, split as strings: parsing it with the `url`
+/// crate links its IDNA tables, 226 KB of wasm for a query string (measured; see
+/// BENCHMARKS.md). `method` is workers-rs's reading of it (an unknown method is GET).
+pub async fn handle(
+    raw: web_sys::Request,
+    method: Method,
+    url: &str,
+    env: Env,
+    config: Rc<Config>,
+) -> Result<Response> {
     let started = now_ms();
-    let authorization = req.headers().get("authorization")?;
-    // The raw URL, not `req.url()`: parsing it with the `url` crate links its IDNA
-    // tables, 226 KB of wasm for a query string (measured; see BENCHMARKS.md).
-    let raw = req.inner().url();
-    let path = req.path();
-    let method = req.method();
+    let authorization = header(&raw, "authorization")?;
+    let path = path_from_url(url);
     let call = OpsCall {
         method: method.as_ref(),
         path: &path,
-        query: query_of(&raw),
+        query: query_of(url),
         authorization: authorization.as_deref(),
     };
     let runtime = Runtime::bind(&env, config)?;
@@ -35,6 +41,30 @@ pub async fn handle(req: Request, env: Env, config: Rc<Config>) -> Result<Respon
     response::json(reply)
 }
 
+/// The path of a serialised URL, exactly as workers-rs's `Request::path` reads it (its
+/// private `path_from_url`, copied): special-scheme serialisation never emits an empty
+/// path, so the first `/` after the host begins it, and `?` and `#` inside it are
+/// always percent-encoded.
+fn path_from_url(url: &str) -> String {
+    let host_start = match url.find("://") {
+        Some(i) => i + 3,
+        None => {
+            return if url.starts_with('/') {
+                url.to_string()
+            } else {
+                "/".to_string() + url
+            }
+        }
+    };
+    match url[host_start..].find('/') {
+        Some(i) => {
+            let path = &url[host_start + i..];
+            path[..path.find(['?', '#']).unwrap_or(path.len())].to_string()
+        }
+        None => "/".to_string(),
+    }
+}
+
 /// The query of a raw request URL, without the fragment.
 fn query_of(url: &str) -> Option<&str> {
     let query = url.split_once('?')?.1;
@@ -43,7 +73,22 @@ fn query_of(url: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::query_of;
+    use super::{path_from_url, query_of};
+
+    #[test]
+    fn the_path_is_read_as_workers_rs_reads_it() {
+        assert_eq!(
+            path_from_url("https://h/admin/purchases?state=failed#x"),
+            "/admin/purchases"
+        );
+        assert_eq!(path_from_url("https://h"), "/");
+        assert_eq!(
+            path_from_url("https://h/admin/events/evt_1"),
+            "/admin/events/evt_1"
+        );
+        assert_eq!(path_from_url("/admin/x"), "/admin/x");
+        assert_eq!(path_from_url("admin/x"), "/admin/x");
+    }
 
     #[test]
     fn the_query_is_what_lies_between_the_question_mark_and_the_fragment() {

@@ -8,7 +8,7 @@ use stripe_edge_core::http::{self, health};
 use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
 use stripe_edge_core::orders::{self, OrderDecision, OrderDeps, OrderMethod, OrderRequest};
 use stripe_edge_core::ports::ledger::LedgerError;
-use worker::{Env, Method, Request, Response, Result};
+use worker::{ByteStream, Env, Method, Response, Result};
 
 use crate::fetch::{FetchUpstream, WorkerClock};
 use crate::runtime::{load_config, nonce, now_ms, throttle, Console, Runtime, WorkerPause};
@@ -17,10 +17,11 @@ use crate::{ops, response, subtle};
 pub const WEBHOOK_PATH: &str = "/webhooks/stripe";
 pub const HEALTH_PATH: &str = "/healthz";
 
-/// Routes a request. It arrives as the runtime's own `Request`: workers-rs's wrapper
-/// reads `request.cf` eagerly, a large object workerd builds on access, which
-/// `bench/workers.sh` profiled at ~3 % of a delivery's CPU. Webhook deliveries never
-/// need it; the other routes get the wrapper.
+/// Routes a request. It arrives as the runtime's own `Request`, and no route wraps it
+/// in workers-rs's `Request`: the wrapper reads `request.cf` eagerly, a large object
+/// workerd builds on access, which `bench/workers.sh` profiled at ~3 % of a delivery's
+/// CPU, and its conversion costs upload size. Each route reads what it needs from the
+/// runtime's request: the method (as workers-rs's `Method`), headers, the body.
 pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
     let started = now_ms();
     let method = Method::from(raw.method());
@@ -29,14 +30,14 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
         (WEBHOOK_PATH, Method::Post) => webhook(raw, env, started).await,
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started, 0),
         (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
-        (checkout::CHECKOUT_PATH, _) => checkout(Request::from(raw), env, started).await,
-        (path, _) if path.starts_with(orders::PREFIX) => {
+        (checkout::CHECKOUT_PATH, method) => checkout(raw, method, env, started).await,
+        (path, method) if path.starts_with(orders::PREFIX) => {
             let id = path[orders::PREFIX.len()..].to_string();
-            order(Request::from(raw), env, started, &id).await
+            order(raw, method, env, started, &id).await
         }
-        (path, _) if path.starts_with(stripe_edge_core::ops::PREFIX) => {
+        (path, method) if path.starts_with(stripe_edge_core::ops::PREFIX) => {
             let config = load_config(&env);
-            ops::handle(Request::from(raw), env, config).await
+            ops::handle(raw, method, &url, env, config).await
         }
         _ => answer(Decision::refused(Refusal::NotFound), started, 0),
     }
@@ -51,7 +52,8 @@ fn path_of(url: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or("/")
 }
 
-fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
+/// A header, as workers-rs's `Headers::get` reads it.
+pub(crate) fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
     Ok(raw.headers().get(name)?)
 }
 
@@ -76,7 +78,7 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
             let body = worker::js_sys::Uint8Array::new(&buffer).to_vec();
             Some(body).filter(|b| b.len() as u64 <= config.max_body_bytes)
         }
-        None => read_capped(&mut Request::from(raw), config.max_body_bytes).await?,
+        None => read_capped(&raw, config.max_body_bytes).await?,
     };
     let Some(body) = body else {
         return answer(too_large, started, 0);
@@ -104,11 +106,13 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
 }
 
 /// Reads the body, giving up as soon as it exceeds `limit` (a chunked body has no
-/// Content-Length to check up front). `None` means too large.
-async fn read_capped(req: &mut Request, limit: u64) -> Result<Option<Vec<u8>>> {
-    let Ok(mut stream) = req.stream() else {
+/// Content-Length to check up front). `None` means too large. The chunks come through
+/// workers-rs's `ByteStream`, as its `Request::stream` reads them.
+async fn read_capped(raw: &web_sys::Request, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Some(body) = raw.body() else {
         return Ok(Some(Vec::new())); // no body at all
     };
+    let mut stream = ByteStream::from(body);
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
@@ -122,19 +126,24 @@ async fn read_capped(req: &mut Request, limit: u64) -> Result<Option<Vec<u8>>> {
 
 /// `/checkout`: reads the method, `Origin`, `CF-Connecting-IP` and the (capped) body,
 /// runs the core's handler with D1 counting code attempts, then logs and answers.
-async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> {
+async fn checkout(
+    raw: web_sys::Request,
+    method: Method,
+    env: Env,
+    started: u64,
+) -> Result<Response> {
     let config = load_config(&env);
-    let verb = match req.method() {
+    let verb = match method {
         Method::Post => Verb::Post,
         Method::Options => Verb::Options,
         _ => Verb::Other,
     };
-    let origin = req.headers().get("origin")?;
-    let client_ip = req.headers().get("cf-connecting-ip")?;
-    let idempotency_key = req.headers().get("idempotency-key")?;
+    let origin = header(&raw, "origin")?;
+    let client_ip = header(&raw, "cf-connecting-ip")?;
+    let idempotency_key = header(&raw, "idempotency-key")?;
     let nonce = nonce();
     let body = match verb {
-        Verb::Post => read_capped(&mut req, checkout::CHECKOUT_MAX_BODY_BYTES).await?,
+        Verb::Post => read_capped(&raw, checkout::CHECKOUT_MAX_BODY_BYTES).await?,
         _ => Some(Vec::new()),
     };
     let request = CheckoutRequest {
@@ -163,15 +172,21 @@ async fn checkout(mut req: Request, env: Env, started: u64) -> Result<Response> 
 /// `/orders/{id}`: reads the method, `Origin` and `CF-Connecting-IP`, runs the core's
 /// lookup over D1 (the ledger and the lookup counter) and the engine, then logs and
 /// answers.
-async fn order(req: Request, env: Env, started: u64, id: &str) -> Result<Response> {
+async fn order(
+    raw: web_sys::Request,
+    method: Method,
+    env: Env,
+    started: u64,
+    id: &str,
+) -> Result<Response> {
     let config = load_config(&env);
-    let method = match req.method() {
+    let method = match method {
         Method::Get => OrderMethod::Get,
         Method::Options => OrderMethod::Options,
         _ => OrderMethod::Other,
     };
-    let origin = req.headers().get("origin")?;
-    let client_ip = req.headers().get("cf-connecting-ip")?;
+    let origin = header(&raw, "origin")?;
+    let client_ip = header(&raw, "cf-connecting-ip")?;
     let request = OrderRequest {
         method,
         origin: origin.as_deref(),

@@ -235,7 +235,11 @@ struct Order {
 }
 
 fn parse_order(body: &[u8]) -> Result<Order, CheckoutRefusal> {
-    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+    // A `Value` is read from a `&str`, like the catalogue's and the first bodies' (one
+    // compiled reader); it reads every string, so a body that is not UTF-8 fails either
+    // way, exactly as `from_slice` would.
+    let parsed = std::str::from_utf8(body).map(serde_json::from_str::<Value>);
+    let Ok(Ok(Value::Object(mut fields))) = parsed else {
         return Err(CheckoutRefusal::BadRequest(
             "the body must be a JSON object",
         ));

@@ -423,8 +423,9 @@ struct Listed {
     created: i64,
 }
 
+/// `from_slice`, like every typed decode (`stripe::event`'s note on the upload size).
 fn listed(raw: &str) -> Option<Listed> {
-    serde_json::from_str::<Listed>(raw).ok()
+    serde_json::from_slice::<Listed>(raw.as_bytes()).ok()
 }
 
 /// The whole scheduled run: re-drive, reconciliation and retention ([`run`]), then the

@@ -10,8 +10,9 @@ use crate::ports::ledger::{Ledger, StepState};
 use crate::ports::{Clock, FulfilMessage, Sink, Upstream};
 
 /// A message body as the queue delivered it (JSON text); `None` when unreadable.
+/// `from_slice`, like every typed decode (`stripe::event`'s note on the upload size).
 pub fn decode(text: &str) -> Option<FulfilMessage> {
-    serde_json::from_str(text).ok()
+    serde_json::from_slice(text.as_bytes()).ok()
 }
 
 /// Runs one message. `deps` must run inline (no queue): this is the consumer.

@@ -186,9 +186,9 @@ impl Config {
         let mut problems = Vec::new();
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let webhook_secrets = webhook_secrets(get(STRIPE_WEBHOOK_SECRET), &mut problems);
-        let tolerance_secs = number(&registry::WEBHOOK_TOLERANCE, &get, &mut problems);
-        let max_body_bytes = number(&registry::BODY_LIMIT, &get, &mut problems);
-        let upstream_timeout_ms = number(&registry::UPSTREAM_TIMEOUT, &get, &mut problems);
+        let tolerance_secs = number(whole!(WEBHOOK_TOLERANCE), &get, &mut problems);
+        let max_body_bytes = number(whole!(BODY_LIMIT), &get, &mut problems);
+        let upstream_timeout_ms = number(whole!(UPSTREAM_TIMEOUT), &get, &mut problems);
         let livemode = boolean(STRIPE_LIVEMODE, get(STRIPE_LIVEMODE), &mut problems);
         let license = service(
             (LICENSE_SERVER_URL, get(LICENSE_SERVER_URL)),
@@ -216,9 +216,9 @@ impl Config {
                     STRIPE_API_VERSION,
                     "not a Stripe API version (YYYY-MM-DD or YYYY-MM-DD.name)",
                 );
-                default_of(&registry::STRIPE_VERSION).to_string()
+                const { default_of(&registry::STRIPE_VERSION) }.to_string()
             }
-            None => default_of(&registry::STRIPE_VERSION).to_string(),
+            None => const { default_of(&registry::STRIPE_VERSION) }.to_string(),
         };
         let forward_signer = get(FORWARD_SIGNING_SECRET).and_then(|secret| {
             let signer = RelaySigner::from_secret(secret.trim());
@@ -231,10 +231,10 @@ impl Config {
             }
             signer
         });
-        let retention_days = number(&registry::RETENTION, &get, &mut problems);
-        let reconcile_budget_ms = number(&registry::RECONCILE_BUDGET, &get, &mut problems);
-        let max_attempts = number(&registry::MAX_ATTEMPTS, &get, &mut problems) as u32;
-        let retry_base_secs = number(&registry::RETRY_BASE, &get, &mut problems) as u32;
+        let retention_days = number(whole!(RETENTION), &get, &mut problems);
+        let reconcile_budget_ms = number(whole!(RECONCILE_BUDGET), &get, &mut problems);
+        let max_attempts = number(whole!(MAX_ATTEMPTS), &get, &mut problems) as u32;
+        let retry_base_secs = number(whole!(RETRY_BASE), &get, &mut problems) as u32;
         let checkout = checkout_settings(&get, &mut problems);
         let email = email_settings(&get, &mut problems);
         let revoke_on_dispute = match get(REVOKE_ON_DISPUTE).as_deref().map(str::trim) {
@@ -378,20 +378,53 @@ fn webhook_secrets(raw: Option<String>, problems: &mut Vec<Problem>) -> Vec<Secr
     secrets
 }
 
+/// What [`number`] reads of a registry entry, taken from it when the code compiles:
+/// passing the entry itself would link its `meaning` (documentation only) into the
+/// Worker.
+#[derive(Clone, Copy)]
+struct Whole {
+    name: &'static str,
+    default: u64,
+    low: u64,
+    high: u64,
+}
+
+impl Whole {
+    const fn of(setting: &Setting) -> Self {
+        let (low, high) = match setting.bounds {
+            Some(bounds) => bounds,
+            None => (u64::MIN, u64::MAX),
+        };
+        Self {
+            name: setting.name,
+            default: setting.default_number(),
+            low,
+            high,
+        }
+    }
+}
+
+/// The [`Whole`] of the registry entry `$entry`, computed when the code compiles.
+macro_rules! whole {
+    ($entry:ident) => {
+        const { Whole::of(&registry::$entry) }
+    };
+}
+use whole;
+
 /// A whole number with the default and bounds of its registry entry. An unusable value
 /// is reported and the default used: a typo must not switch a limit off.
 fn number(
-    setting: &Setting,
+    setting: Whole,
     get: &impl Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> u64 {
-    let default = setting.default_number();
+    let default = setting.default;
     let Some(raw) = get(setting.name) else {
         return default;
     };
-    let (low, high) = setting.bounds.unwrap_or((u64::MIN, u64::MAX));
     match raw.trim().parse::<u64>() {
-        Ok(n) if (low..=high).contains(&n) => n,
+        Ok(n) if (setting.low..=setting.high).contains(&n) => n,
         Ok(_) => {
             invalid(problems, setting.name, "out of range (default used)");
             default
@@ -511,12 +544,12 @@ fn checkout_settings(
         products,
         app_url,
         allowed_origins,
-        code_attempts: number(&registry::CODE_ATTEMPTS, get, problems) as u32,
-        code_window_secs: number(&registry::CODE_WINDOW, get, problems),
-        lookup_attempts: number(&registry::LOOKUP_ATTEMPTS, get, problems) as u32,
-        lookup_window_secs: number(&registry::LOOKUP_WINDOW, get, problems),
-        session_attempts: number(&registry::SESSION_ATTEMPTS, get, problems) as u32,
-        session_window_secs: number(&registry::SESSION_WINDOW, get, problems),
+        code_attempts: number(whole!(CODE_ATTEMPTS), get, problems) as u32,
+        code_window_secs: number(whole!(CODE_WINDOW), get, problems),
+        lookup_attempts: number(whole!(LOOKUP_ATTEMPTS), get, problems) as u32,
+        lookup_window_secs: number(whole!(LOOKUP_WINDOW), get, problems),
+        session_attempts: number(whole!(SESSION_ATTEMPTS), get, problems) as u32,
+        session_window_secs: number(whole!(SESSION_WINDOW), get, problems),
     }
 }
 
@@ -527,7 +560,7 @@ fn email_settings(
     get: &impl Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> EmailSettings {
-    let default_base = default_of(&registry::EMAIL_BASE);
+    let default_base = const { default_of(&registry::EMAIL_BASE) };
     let api_base = match get(EMAIL_API_BASE) {
         Some(base) if is_http_url(base.trim()) => base.trim().trim_end_matches('/').to_string(),
         Some(_) => {
@@ -568,11 +601,15 @@ fn email_settings(
             (None, _) => default.replace("\\n", "\n"),
         }
     };
-    let subject = template(EMAIL_SUBJECT, default_of(&registry::SUBJECT), None);
+    let subject = template(
+        EMAIL_SUBJECT,
+        const { default_of(&registry::SUBJECT) },
+        None,
+    );
     let text = template(EMAIL_TEXT, DEFAULT_EMAIL_TEXT, Some("{license_key}"));
     let confirmation_subject = template(
         EMAIL_CONFIRMATION_SUBJECT,
-        default_of(&registry::CONFIRMATION_SUBJECT),
+        const { default_of(&registry::CONFIRMATION_SUBJECT) },
         None,
     );
     let confirmation_text = template(EMAIL_CONFIRMATION_TEXT, DEFAULT_CONFIRMATION_TEXT, None);

@@ -5,6 +5,11 @@
 //! `checkout.session.*` events, so an unrelated object whose fields share names but not
 //! types can never make a valid event undecodable. Every session field is optional:
 //! Stripe adds, moves and renames fields across API versions.
+//!
+//! Typed JSON is decoded with `serde_json::from_slice` everywhere, also from a `&str`
+//! (`.as_bytes()`, the same result): the API client decodes these models from response
+//! bytes, and each reader (`from_str`, `from_slice`) compiles its own copy of every
+//! model's decoder into the `.wasm` (BENCHMARKS.md, "Bundle size").
 
 use std::fmt;
 
@@ -95,7 +100,7 @@ pub fn decode(body: &[u8]) -> Result<Event<'_>, EventError> {
         .ok_or(EventError::MissingField("type"))?;
     let object = raw.data.and_then(|d| d.object);
     let object_id = object
-        .and_then(|o| serde_json::from_str::<ObjectId>(o.get()).ok())
+        .and_then(|o| serde_json::from_slice::<ObjectId>(o.get().as_bytes()).ok())
         .and_then(|o| o.id);
     storable(
         &id,
@@ -163,14 +168,14 @@ impl Event<'_> {
     /// Decodes `data.object` as `T` (the money-back objects of
     /// [`crate::stripe::reversal_object`]); `None` when it does not fit.
     pub fn object_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(self.object?.get()).ok()
+        serde_json::from_slice(self.object?.get().as_bytes()).ok()
     }
 
     /// Decodes `data.object` as a Checkout Session.
     pub fn checkout_session(&self) -> Result<CheckoutSession, EventError> {
         let raw = self.object.ok_or(EventError::BadSession)?;
         let session: CheckoutSession =
-            serde_json::from_str(raw.get()).map_err(|_| EventError::BadSession)?;
+            serde_json::from_slice(raw.get().as_bytes()).map_err(|_| EventError::BadSession)?;
         if session.id.is_empty()
             || session
                 .object
