@@ -307,6 +307,12 @@ async fn reconcile<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             match &decision.verdict {
                 Verdict::Recorded(Status::Duplicate) => continue,
                 Verdict::Refused(Refusal::Unavailable(e)) => return Err(e.clone()),
+                // Nothing was recorded: the cursor stays before this window, and a run
+                // after the setting is fixed lists it again.
+                Verdict::Refused(Refusal::LivemodeInvalid) => {
+                    webhook::decision_line(&decision, 0).emit(deps.log);
+                    break 'windows;
+                }
                 _ => {}
             }
             done.ingested += 1;

@@ -557,6 +557,31 @@ mod reconciliation {
     }
 
     #[test]
+    fn an_unreadable_stripe_livemode_keeps_the_cursor_so_nothing_listed_is_lost() {
+        let mut world = world();
+        world.config = crate::testing::full_config_with(&[("STRIPE_LIVEMODE", "yes")]);
+        world
+            .upstream
+            .events
+            .replace(vec![listed_event("evt_lost", "cs_lost", NOW_SECS - 1_000)]);
+        block_on(run(&world.deps()));
+        assert!(!world.ledger.events.borrow().contains_key("evt_lost"));
+        let kept = cursor(&world);
+        assert!(
+            kept.is_none_or(|c| c < NOW_SECS - 1_000),
+            "the cursor must stay before the refused event: {kept:?}"
+        );
+        // Fixed: the next run ingests and fulfils it.
+        world.config = crate::testing::full_config();
+        world.clock.0.set(NOW_MS + SCHEDULE_MS);
+        assert_eq!(block_on(run(&world.deps())).reconciled, 1);
+        assert_eq!(
+            world.ledger.purchase("cs_lost"),
+            Some(PurchaseState::Fulfilled)
+        );
+    }
+
+    #[test]
     fn an_event_never_delivered_is_ingested_and_fulfilled_once() {
         let world = world();
         world
