@@ -22,10 +22,16 @@ use super::{failure, int, opt_text, text, D1Ledger};
 const GUARD: &str =
     "(?2 IS NULL OR EXISTS (SELECT 1 FROM events WHERE id = ?2 AND type = ?3 AND object_id = ?1))";
 
-const INSERT_EVENT: &str = "INSERT INTO events \
+/// The event's claim in one statement (as `claim_event`): a new id is inserted and
+/// returns this event's type and object; a known id with the same ones does nothing and
+/// returns no row (seen); a known id with others takes the no-op update, which leaves
+/// the stored row as it was, only so that it returns them (a conflict).
+const CLAIM_EVENT: &str = "INSERT INTO events \
     (id, type, livemode, api_version, created, object_id, disposition, received_at) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id";
-const STORED_EVENT: &str = "SELECT type, object_id FROM events WHERE id = ?1";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+    ON CONFLICT (id) DO UPDATE SET disposition = events.disposition \
+    WHERE events.type IS NOT excluded.type OR events.object_id IS NOT excluded.object_id \
+    RETURNING type, object_id";
 
 /// A paid purchase, or one waiting for (or refused) its payment, becomes `?4`.
 const PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemode, created_at, updated_at) \
@@ -70,12 +76,6 @@ const DERIVED_STATE: &str = "(CASE \
     ELSE 'fulfilling' END)";
 
 const STATE: &str = "SELECT state FROM purchases WHERE session_id = ?1";
-
-#[derive(Deserialize)]
-struct Returned {
-    #[allow(dead_code)]
-    id: String,
-}
 
 #[derive(Deserialize)]
 struct Stored {
@@ -130,8 +130,7 @@ impl D1Ledger {
                 text(r.disposition),
                 int(r.received_at_ms as i64),
             ];
-            batch.push(self.statement(OP, INSERT_EVENT, &args)?);
-            batch.push(self.statement(OP, STORED_EVENT, &[text(&r.id)])?);
+            batch.push(self.statement(OP, CLAIM_EVENT, &args)?);
         }
         let state = if opening.steps.is_empty() {
             "nothing_to_fulfil"
@@ -190,12 +189,11 @@ impl D1Ledger {
         let claim = match event {
             None => Claim::New,
             Some(r) => {
-                let inserted: Vec<Returned> = results[0].results().map_err(failure(OP))?;
-                let stored: Vec<Stored> = results[1].results().map_err(failure(OP))?;
-                match stored.first() {
-                    _ if !inserted.is_empty() => Claim::New,
-                    Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::Seen,
-                    _ => Claim::Conflict,
+                let returned: Vec<Stored> = results[0].results().map_err(failure(OP))?;
+                match returned.first() {
+                    None => Claim::Seen,
+                    Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::New,
+                    Some(_) => Claim::Conflict,
                 }
             }
         };
