@@ -9,7 +9,6 @@ use stripe_edge_core::settings::Config;
 use worker::{Env, Method, Response, Result};
 
 use crate::response;
-use crate::router::header;
 use crate::runtime::{now_ms, Console, Runtime};
 
 /// `url` is the request's serialised URL, split as strings: parsing it with the `url`
@@ -23,7 +22,7 @@ pub async fn handle(
     config: Rc<Config>,
 ) -> Result<Response> {
     let started = now_ms();
-    let authorization = header(&raw, "authorization")?;
+    let authorization = raw.headers().get("authorization")?;
     let path = path_from_url(url);
     let call = OpsCall {
         method: method.as_ref(),

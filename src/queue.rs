@@ -1,31 +1,13 @@
-//! Queue mode's bindings: the `FULFILLMENT_QUEUE` producer, and the consumer entry that
-//! hands each message to `queue_mode::consumer` and carries out its verdict.
+//! Queue mode's consumer entry: hands each message to `queue_mode::consumer` and
+//! carries out its verdict (the producer is bound with the rest, in `runtime`).
 
 use stripe_edge_core::log::Line;
-use stripe_edge_core::ports::{Enqueue, FulfilMessage};
+use stripe_edge_core::ports::FulfilMessage;
 use stripe_edge_core::queue_mode::consumer;
 use stripe_edge_core::queue_mode::{is_dead_letter_queue, QueueVerdict};
 use worker::{js_sys, Env, MessageBatch, MessageExt, QueueRetryOptionsBuilder, RawMessage};
 
 use crate::runtime::{load_config, Console, Runtime};
-
-pub const QUEUE_BINDING: &str = "FULFILLMENT_QUEUE";
-
-pub struct QueueProducer(pub worker::Queue);
-
-impl Enqueue for QueueProducer {
-    fn enqueue<'a>(
-        &'a self,
-        message: &'a FulfilMessage,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'a>> {
-        Box::pin(async move { self.0.send(message).await.map_err(|e| e.to_string()) })
-    }
-}
-
-/// The producer, when this deployment binds one (queue mode).
-pub fn producer(env: &Env) -> Option<QueueProducer> {
-    env.queue(QUEUE_BINDING).ok().map(QueueProducer)
-}
 
 /// Runs every message of a batch; each is acked or retried by itself, so one bad or
 /// failing message never holds back the others.

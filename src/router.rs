@@ -53,7 +53,7 @@ fn path_of(url: &str) -> &str {
 }
 
 /// A header, as workers-rs's `Headers::get` reads it.
-pub(crate) fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
+fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
     Ok(raw.headers().get(name)?)
 }
 

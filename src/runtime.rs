@@ -8,13 +8,30 @@ use std::time::Duration;
 use stripe_edge_core::fulfilment::Deps;
 use stripe_edge_core::http::health;
 use stripe_edge_core::ports::Level;
-use stripe_edge_core::ports::{Enqueue, Pause, Sink};
+use stripe_edge_core::ports::{Enqueue, FulfilMessage, Pause, Sink};
 use stripe_edge_core::settings::Config;
 use worker::{console_error, console_log, console_warn, Delay, Env, Result};
 
 use crate::d1::{D1Ledger, D1Throttle};
 use crate::fetch::{FetchUpstream, WorkerClock};
-use crate::queue::{self, QueueProducer};
+
+pub const QUEUE_BINDING: &str = "FULFILLMENT_QUEUE";
+
+pub struct QueueProducer(pub worker::Queue);
+
+impl Enqueue for QueueProducer {
+    fn enqueue<'a>(
+        &'a self,
+        message: &'a FulfilMessage,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move { self.0.send(message).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The producer, when this deployment binds one (queue mode).
+pub fn producer(env: &Env) -> Option<QueueProducer> {
+    env.queue(QUEUE_BINDING).ok().map(QueueProducer)
+}
 
 /// The D1 binding of the ledger (`[[d1_databases]]` in wrangler.toml).
 pub const DB_BINDING: &str = "DB";
@@ -93,7 +110,7 @@ impl Runtime {
     pub fn bind(env: &Env, config: Rc<Config>) -> Result<Self> {
         Ok(Self {
             ledger: D1Ledger::new(env.d1(DB_BINDING)?),
-            producer: queue::producer(env),
+            producer: producer(env),
             config,
         })
     }

@@ -14,10 +14,20 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// The Worker crate's sources (the glue), beside the core.
+fn worker_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../src")
+}
+
 /// Every module of the core: its path (`["fulfilment", "plan"]`) and production code.
 fn modules() -> BTreeMap<Vec<String>, String> {
+    modules_of(&src())
+}
+
+/// Every module of the crate whose sources are `root`.
+fn modules_of(root: &Path) -> BTreeMap<Vec<String>, String> {
     let mut found = BTreeMap::new();
-    let mut dirs = vec![src()];
+    let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -28,7 +38,7 @@ fn modules() -> BTreeMap<Vec<String>, String> {
             if path.extension().is_none_or(|e| e != "rs") {
                 continue;
             }
-            let relative = path.strip_prefix(src()).unwrap().with_extension("");
+            let relative = path.strip_prefix(root).unwrap().with_extension("");
             let mut parts: Vec<String> = relative
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -78,7 +88,12 @@ fn statements(code: &str) -> Vec<String> {
 /// Modules each module imports (`use crate::…` and `use super::…`, braces expanded one
 /// level: `use crate::x::{a, b::C}` names `x::a` and `x::b`).
 fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
-    let known = modules();
+    imports_of(&src())
+}
+
+/// [`imports`] of the crate whose sources are `root`.
+fn imports_of(root: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let known = modules_of(root);
     let mut graph = BTreeMap::new();
     for (module, code) in &known {
         let mut edges = BTreeSet::new();
@@ -103,7 +118,8 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
                 } else {
                     continue;
                 };
-            let (head, tail) = match absolute.split_once("::{") {
+            let braced = absolute.strip_prefix('{').map(|t| ("", t));
+            let (head, tail) = match braced.or_else(|| absolute.split_once("::{")) {
                 Some((head, tail)) => (
                     head.to_string(),
                     Some(tail.trim_end_matches('}').to_string()),
@@ -124,7 +140,7 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
                 let mut full = base.clone();
                 full.extend(
                     path.split("::")
-                        .filter(|s| *s != "self")
+                        .filter(|s| *s != "self" && !s.is_empty())
                         .map(str::to_string),
                 );
                 let parts: Vec<&str> = full.iter().map(String::as_str).collect();
@@ -161,9 +177,22 @@ fn the_resolver_sees_the_imports_it_must() {
 
 #[test]
 fn no_module_imports_a_module_that_imports_it_back() {
-    let graph = imports();
+    assert_no_cycle(&imports());
+}
+
+#[test]
+fn neither_does_a_module_of_the_worker_crate() {
+    let graph = imports_of(&worker_src());
+    assert!(
+        graph[&vec!["router".to_string()]].contains(&vec!["runtime".to_string()]),
+        "the resolver must see the glue's imports: {graph:?}"
+    );
+    assert_no_cycle(&graph);
+}
+
+fn assert_no_cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) {
     let mut cycles = Vec::new();
-    for (from, tos) in &graph {
+    for (from, tos) in graph {
         for to in tos {
             if graph.get(to).is_some_and(|back| back.contains(from)) && from < to {
                 cycles.push(format!("{} <-> {}", name(from), name(to)));
