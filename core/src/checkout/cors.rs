@@ -51,6 +51,47 @@ pub fn preflight_headers_for(
     answer
 }
 
+/// What a browser-facing answer is, as far as its headers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Preflight,
+    MethodNotAllowed,
+    /// Throttled: `Retry-After` in seconds.
+    RetryAfter(u64),
+    Other,
+}
+
+/// The headers every browser-facing route (`/checkout`, `/orders/`) answers with:
+/// `Vary: Origin`; for an allowed origin its CORS headers (`preflight` builds a
+/// preflight's) and `Retry-After` exposed when throttled; `Allow` (`allow`) on a 405
+/// and on a preflight without `Origin`; `Retry-After`.
+pub fn answer_headers(
+    caller: &Caller,
+    answered: Answered,
+    allow: &'static str,
+    preflight: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) -> Vec<(&'static str, String)> {
+    // The answer depends on Origin: caches must key on it.
+    let mut headers = vec![("vary", "Origin".to_string())];
+    match (caller, answered) {
+        (Caller::Allowed(origin), Answered::Preflight) => headers.extend(preflight(origin)),
+        (Caller::Allowed(origin), other) => {
+            headers.push(("access-control-allow-origin", origin.clone()));
+            if matches!(other, Answered::RetryAfter(_)) {
+                headers.push(("access-control-expose-headers", "Retry-After".into()));
+            }
+        }
+        _ => {}
+    }
+    match answered {
+        Answered::MethodNotAllowed => headers.push(("allow", allow.into())),
+        Answered::Preflight if *caller == Caller::NoOrigin => headers.push(("allow", allow.into())),
+        Answered::RetryAfter(secs) => headers.push(("retry-after", secs.to_string())),
+        _ => {}
+    }
+    headers
+}
+
 /// Reads `ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` origins. Returns the
 /// usable ones and, when some entry is not an origin, why (without quoting it).
 pub fn parse_origins(raw: &str) -> (Vec<String>, Option<&'static str>) {

@@ -13,7 +13,7 @@
 
 use serde_json::{json, Value};
 
-use crate::checkout::cors::{self, Caller};
+use crate::checkout::cors::{self, Answered, Caller};
 use crate::checkout::promo::{Dropped, Promotion};
 use crate::checkout::{CheckoutDecision, CheckoutOutcome, CheckoutRefusal};
 use crate::log::Line;
@@ -80,40 +80,21 @@ pub fn for_decision(decision: &CheckoutDecision) -> CheckoutReply {
             (status(refusal), Some(json!({ "error": message(refusal) })))
         }
     };
-    // The answer depends on Origin: caches must key on it.
-    let mut headers = vec![("vary", "Origin".to_string())];
-    match (&decision.caller, &decision.outcome) {
-        (Caller::Allowed(origin), CheckoutOutcome::Preflight) => {
-            headers.extend(cors::preflight_headers(origin));
-        }
-        (Caller::Allowed(origin), outcome) => {
-            headers.push(("access-control-allow-origin", origin.clone()));
-            if matches!(
-                outcome,
-                CheckoutOutcome::Refused(
-                    CheckoutRefusal::RateLimited { .. } | CheckoutRefusal::TooManySessions { .. }
-                )
-            ) {
-                headers.push(("access-control-expose-headers", "Retry-After".into()));
-            }
-        }
-        _ => {}
-    }
-    match &decision.outcome {
-        CheckoutOutcome::Refused(CheckoutRefusal::MethodNotAllowed) => {
-            headers.push(("allow", "POST, OPTIONS".into()))
-        }
-        CheckoutOutcome::Preflight if decision.caller == Caller::NoOrigin => {
-            headers.push(("allow", "POST, OPTIONS".into()));
-        }
+    let answered = match &decision.outcome {
+        CheckoutOutcome::Preflight => Answered::Preflight,
+        CheckoutOutcome::Refused(CheckoutRefusal::MethodNotAllowed) => Answered::MethodNotAllowed,
         CheckoutOutcome::Refused(
             CheckoutRefusal::RateLimited { retry_after_secs }
             | CheckoutRefusal::TooManySessions { retry_after_secs },
-        ) => {
-            headers.push(("retry-after", retry_after_secs.to_string()));
-        }
-        _ => {}
-    }
+        ) => Answered::RetryAfter(*retry_after_secs),
+        _ => Answered::Other,
+    };
+    let headers = cors::answer_headers(
+        &decision.caller,
+        answered,
+        "POST, OPTIONS",
+        cors::preflight_headers,
+    );
     CheckoutReply {
         status,
         body,

@@ -21,7 +21,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::checkout::cors::{self, Caller};
+use crate::checkout::cors::{self, Answered, Caller};
 use crate::http::checkout::CheckoutReply;
 use crate::log::Line;
 use crate::orders::{OrderDecision, OrderOutcome, OrderRefusal, OrderView};
@@ -90,39 +90,22 @@ pub fn for_decision(decision: &OrderDecision) -> CheckoutReply {
             (status(refusal), Some(json!({ "error": message(refusal) })))
         }
     };
-    // One buyer's order, changing as it is fulfilled: never stored by any cache. The
-    // answer depends on Origin.
-    let mut headers = vec![
-        ("cache-control", "no-store".to_string()),
-        ("vary", "Origin".to_string()),
-    ];
-    match (&decision.caller, &decision.outcome) {
-        (Caller::Allowed(origin), OrderOutcome::Preflight) => {
-            headers.extend(cors::preflight_headers_for(origin, "GET", None));
-        }
-        (Caller::Allowed(origin), outcome) => {
-            headers.push(("access-control-allow-origin", origin.clone()));
-            if matches!(
-                outcome,
-                OrderOutcome::Refused(OrderRefusal::RateLimited { .. })
-            ) {
-                headers.push(("access-control-expose-headers", "Retry-After".into()));
-            }
-        }
-        _ => {}
-    }
-    match &decision.outcome {
-        OrderOutcome::Refused(OrderRefusal::MethodNotAllowed) => {
-            headers.push(("allow", "GET, OPTIONS".into()))
-        }
-        OrderOutcome::Preflight if decision.caller == Caller::NoOrigin => {
-            headers.push(("allow", "GET, OPTIONS".into()));
-        }
+    let answered = match &decision.outcome {
+        OrderOutcome::Preflight => Answered::Preflight,
+        OrderOutcome::Refused(OrderRefusal::MethodNotAllowed) => Answered::MethodNotAllowed,
         OrderOutcome::Refused(OrderRefusal::RateLimited { retry_after_secs }) => {
-            headers.push(("retry-after", retry_after_secs.to_string()));
+            Answered::RetryAfter(*retry_after_secs)
         }
-        _ => {}
-    }
+        _ => Answered::Other,
+    };
+    // One buyer's order, changing as it is fulfilled: never stored by any cache.
+    let mut headers = vec![("cache-control", "no-store".to_string())];
+    headers.extend(cors::answer_headers(
+        &decision.caller,
+        answered,
+        "GET, OPTIONS",
+        |origin| cors::preflight_headers_for(origin, "GET", None),
+    ));
     CheckoutReply {
         status,
         body,
