@@ -178,7 +178,7 @@ pub async fn fulfil_event<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             outcomes.push((*step, observe(deps, session_id, *step, row)));
         }
     }
-    let ran = !tried.is_empty();
+    let mut ran = !tried.is_empty();
     let mut outcomes: Vec<StepOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     let state = round.state;
     // A reversal was recorded for this purchase (before it was opened, or while a step
@@ -186,7 +186,6 @@ pub async fn fulfil_event<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     // reversal that found one of them running (and answered 409) is carried on here;
     // one recorded later sees them done and takes back itself. No extra read for the
     // purchase that has none.
-    let mut ran = ran;
     if state.is_some_and(PurchaseState::is_reversed) {
         let (back, took) = take_back_steps(deps, session_id, deadline).await?;
         ran |= took;
