@@ -322,9 +322,10 @@ pub trait Ledger {
     /// The purchase's state, `None` when the ledger does not hold it.
     async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError>;
 
-    /// Records the event unless its id is already there (`INSERT … ON CONFLICT DO NOTHING`);
-    /// a known id is [`Claim::Seen`] when its stored type and object are this event's,
-    /// [`Claim::Conflict`] otherwise.
+    /// Records the event unless its id is already there, in one statement (D1: an upsert
+    /// that does nothing for a seen id and rewrites a conflicting one's row unchanged only
+    /// to return it); a known id is [`Claim::Seen`] when its stored type and object are
+    /// this event's, [`Claim::Conflict`] otherwise.
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError>;
 
     /// Records a purchase whose payment is still processing, unless it is already known
