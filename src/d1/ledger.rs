@@ -82,16 +82,70 @@ impl D1Ledger {
     }
 }
 
+/// The event's claim in one statement, one round trip whichever way it goes (a batch of
+/// the insert and a read of the stored row cost D1 a second query: +0.1 ms of workerd
+/// CPU per delivery under Miniflare, BENCHMARKS.md):
+/// - a new id is inserted and RETURNs this event's own type and object;
+/// - a known id with the same type and object takes DO NOTHING (the `WHERE` is false)
+///   and RETURNs no row: seen;
+/// - a known id with another type or object takes the no-op `DO UPDATE` (the stored row
+///   is rewritten unchanged) only so that RETURNING gives the stored type and object,
+///   which differ from this event's: a conflict.
+const CLAIM_EVENT: &str = "INSERT INTO events \
+    (id, type, livemode, api_version, created, object_id, disposition, received_at) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+    ON CONFLICT (id) DO UPDATE SET disposition = events.disposition \
+    WHERE events.type IS NOT excluded.type OR events.object_id IS NOT excluded.object_id \
+    RETURNING type, object_id";
+
+/// What [`CLAIM_EVENT`] returns.
 #[derive(Deserialize)]
-struct Claimed {
-    attempts: f64,
-    event_id: String,
-    body_digest: Option<String>,
+pub(super) struct StoredEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object_id: Option<String>,
+}
+
+/// The claim [`CLAIM_EVENT`]'s returned row (if any) means for `r`.
+pub(super) fn claim_of(r: &EventRecord, returned: Option<StoredEvent>) -> Claim {
+    match returned {
+        None => Claim::Seen,
+        Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::New,
+        Some(_) => Claim::Conflict,
+    }
+}
+
+impl D1Ledger {
+    /// [`CLAIM_EVENT`] bound to `r`: alone (`claim_event`) or first in a batch.
+    pub(super) fn claim_event_statement(
+        &self,
+        operation: &'static str,
+        r: &EventRecord,
+    ) -> Result<D1PreparedStatement, LedgerError> {
+        let args = [
+            text(&r.id),
+            text(&r.kind),
+            int(i64::from(r.livemode)),
+            opt_text(r.api_version.as_deref()),
+            r.created.map_or(JsValue::NULL, int),
+            opt_text(r.object_id.as_deref()),
+            text(r.disposition),
+            int(r.received_at_ms as i64),
+        ];
+        self.statement(operation, CLAIM_EVENT, &args)
+    }
 }
 
 #[derive(Deserialize)]
-struct StateOnly {
-    state: String,
+pub(super) struct Claimed {
+    pub(super) attempts: f64,
+    pub(super) event_id: String,
+    pub(super) body_digest: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct StateOnly {
+    pub(super) state: String,
 }
 
 #[derive(Deserialize)]
@@ -236,43 +290,13 @@ impl Ledger for D1Ledger {
     }
 
     async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
-        // One statement, one round trip, whichever way it goes (the reference Worker's
-        // cost; a batch of the insert and a read of the stored row cost a second query in
-        // D1: +0.1 ms of workerd CPU per delivery under Miniflare, BENCHMARKS.md):
-        // - a new id is inserted and RETURNs this event's own type and object;
-        // - a known id with the same type and object takes DO NOTHING (the `WHERE` below
-        //   is false) and RETURNs no row: seen;
-        // - a known id with another type or object takes the no-op `DO UPDATE` (the
-        //   stored row is left as it was) only so that RETURNING gives the stored type
-        //   and object, which differ from this event's: a conflict.
-        const CLAIM: &str = "INSERT INTO events \
-            (id, type, livemode, api_version, created, object_id, disposition, received_at) \
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-            ON CONFLICT (id) DO UPDATE SET disposition = events.disposition \
-            WHERE events.type IS NOT excluded.type OR events.object_id IS NOT excluded.object_id \
-            RETURNING type, object_id";
-        #[derive(Deserialize)]
-        struct Stored {
-            #[serde(rename = "type")]
-            kind: String,
-            object_id: Option<String>,
-        }
-        let args = [
-            text(&r.id),
-            text(&r.kind),
-            int(i64::from(r.livemode)),
-            opt_text(r.api_version.as_deref()),
-            r.created.map_or(JsValue::NULL, int),
-            opt_text(r.object_id.as_deref()),
-            text(r.disposition),
-            int(r.received_at_ms as i64),
-        ];
-        let returned: Option<Stored> = self.first("claim_event", CLAIM, &args).await?;
-        Ok(match returned {
-            None => Claim::Seen,
-            Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::New,
-            Some(_) => Claim::Conflict,
-        })
+        let statement = self.claim_event_statement("claim_event", r)?;
+        self.count();
+        let returned: Option<StoredEvent> = statement
+            .first(None)
+            .await
+            .map_err(failure("claim_event"))?;
+        Ok(claim_of(r, returned))
     }
 
     async fn await_payment(

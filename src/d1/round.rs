@@ -7,7 +7,6 @@
 //! recorded for another object (a conflict) opens and takes nothing, as if the batch
 //! stopped after the claim. Later rounds pass no event, and the guard holds.
 
-use serde::Deserialize;
 use stripe_edge_core::ports::ledger::{
     Claim, ClaimAsk, EventRecord, LedgerError, Opening, PurchaseState, RoundResult, Settle,
     Settlement, StepClaim,
@@ -15,23 +14,12 @@ use stripe_edge_core::ports::ledger::{
 use worker::wasm_bindgen::JsValue;
 use worker::{D1PreparedStatement, D1Result};
 
-use super::ledger::{RawStep, STEP_COLUMNS};
+use super::ledger::{claim_of, Claimed, RawStep, StateOnly, StoredEvent, STEP_COLUMNS};
 use super::{failure, int, opt_text, text, D1Ledger};
 
 /// True when no event is given, or the event as stored is this one.
 const GUARD: &str =
     "(?2 IS NULL OR EXISTS (SELECT 1 FROM events WHERE id = ?2 AND type = ?3 AND object_id = ?1))";
-
-/// The event's claim in one statement (as `claim_event`): a new id is inserted and
-/// returns this event's type and object; a known id with the same ones does nothing and
-/// returns no row (seen); a known id with others takes the no-op update, which leaves
-/// the stored row as it was, only so that it returns them (a conflict).
-const CLAIM_EVENT: &str = "INSERT INTO events \
-    (id, type, livemode, api_version, created, object_id, disposition, received_at) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-    ON CONFLICT (id) DO UPDATE SET disposition = events.disposition \
-    WHERE events.type IS NOT excluded.type OR events.object_id IS NOT excluded.object_id \
-    RETURNING type, object_id";
 
 /// A paid purchase, or one waiting for (or refused) its payment, becomes `?4`.
 const PURCHASE: &str = "INSERT INTO purchases (session_id, state, livemode, created_at, updated_at) \
@@ -77,25 +65,6 @@ const DERIVED_STATE: &str = "(CASE \
 
 const STATE: &str = "SELECT state FROM purchases WHERE session_id = ?1";
 
-#[derive(Deserialize)]
-struct Stored {
-    #[serde(rename = "type")]
-    kind: String,
-    object_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Claimed {
-    attempts: f64,
-    event_id: String,
-    body_digest: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct StateOnly {
-    state: String,
-}
-
 /// The guard's three arguments: the session, and the event's id and type (or NULLs).
 fn guard_args(session_id: &str, event: Option<&EventRecord>) -> [JsValue; 3] {
     [
@@ -120,17 +89,7 @@ impl D1Ledger {
         let [g1, g2, g3] = guard_args(session_id, event);
         let mut batch = Vec::new();
         if let Some(r) = event {
-            let args = [
-                text(&r.id),
-                text(&r.kind),
-                int(i64::from(r.livemode)),
-                opt_text(r.api_version.as_deref()),
-                r.created.map_or(JsValue::NULL, int),
-                opt_text(r.object_id.as_deref()),
-                text(r.disposition),
-                int(r.received_at_ms as i64),
-            ];
-            batch.push(self.statement(OP, CLAIM_EVENT, &args)?);
+            batch.push(self.claim_event_statement(OP, r)?);
         }
         let state = if opening.steps.is_empty() {
             "nothing_to_fulfil"
@@ -189,12 +148,8 @@ impl D1Ledger {
         let claim = match event {
             None => Claim::New,
             Some(r) => {
-                let returned: Vec<Stored> = results[0].results().map_err(failure(OP))?;
-                match returned.first() {
-                    None => Claim::Seen,
-                    Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::New,
-                    Some(_) => Claim::Conflict,
-                }
+                let returned: Vec<StoredEvent> = results[0].results().map_err(failure(OP))?;
+                claim_of(r, returned.into_iter().next())
             }
         };
         if claim == Claim::Conflict {
