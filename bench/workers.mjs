@@ -45,6 +45,7 @@ const WORKERS = {
   rust: {
     modulesRoot: path.join(ROOT, 'build'),
     modules: [
+      { type: 'ESModule', path: path.join(ROOT, 'build/entry.mjs') },
       { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
       { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
     ],
@@ -212,7 +213,7 @@ async function load(worker, batch) {
  */
 async function wranglerStartup(name) {
   // wrangler dev bundles the reference itself, from source.
-  const main = name === 'rust' ? path.join(ROOT, 'build/worker/shim.mjs') : path.join(ROOT, 'bench/reference/index.mjs');
+  const main = name === 'rust' ? path.join(ROOT, 'build/entry.mjs') : path.join(ROOT, 'bench/reference/index.mjs');
   const t0 = performance.now();
   const worker = await startWorker({ main, secrets: { STRIPE_WEBHOOK_SECRET: SECRET } });
   try {

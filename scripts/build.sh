@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Rust crate into the Worker with worker-build: build/index_bg.wasm, its
-# JS glue build/index.js, and build/worker/shim.mjs (the `main` in wrangler.toml,
-# which re-exports index.js). wrangler.toml's [build] runs this before `wrangler dev`/`deploy`.
+# Builds the Rust crate into the Worker with worker-build: build/index_bg.wasm and its
+# JS glue build/index.js; then minifies the hand-written entry src/entry.mjs into
+# build/entry.mjs (the `main` in wrangler.toml, which imports index.js; worker-build's
+# own build/worker/shim.mjs is left unused). wrangler.toml's [build] runs this before
+# `wrangler dev`/`deploy`.
 # Skips the build when the output is newer than src/, core/, the manifests and Cargo.lock,
 # so `wrangler dev` starts fast and the tests build once. FORCE_BUILD=1 rebuilds.
 set -euo pipefail
@@ -9,14 +11,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-SHIM="build/worker/shim.mjs"
+ENTRY="build/entry.mjs"
 WASM="build/index_bg.wasm"
 GLUE="build/index.js"
 
-if [[ "${FORCE_BUILD:-}" != "1" && -f "$SHIM" && -f "$WASM" && -f "$GLUE" ]]; then
-  newer="$(find src core/src core/Cargo.toml Cargo.toml Cargo.lock -newer "$SHIM" -print -quit 2>/dev/null || true)"
+if [[ "${FORCE_BUILD:-}" != "1" && -f "$ENTRY" && -f "$WASM" && -f "$GLUE" ]]; then
+  newer="$(find src core/src core/Cargo.toml Cargo.toml Cargo.lock -newer "$ENTRY" -print -quit 2>/dev/null || true)"
   if [[ -z "$newer" ]]; then
-    echo "[build] up to date ($SHIM newer than src/, core/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
+    echo "[build] up to date ($ENTRY newer than src/, core/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
     exit 0
   fi
   echo "[build] $newer changed: rebuilding" >&2
@@ -39,7 +41,7 @@ stamp="$(mktemp "${TMPDIR:-/tmp}/stripe-edge-build.XXXXXX")"
 trap 'rm -f "$stamp"' EXIT
 echo "[build] worker-build --release" >&2
 worker-build --release
-for out in "$SHIM" "$WASM" "$GLUE"; do
+for out in "$WASM" "$GLUE"; do
   [[ -f "$out" ]] || { echo "[build] error: worker-build did not produce $out" >&2; exit 1; }
 done
 # wasm-opt runs here, not in worker-build (`wasm-opt = false` in Cargo.toml): worker-build
@@ -63,7 +65,9 @@ fi
 "$WASM_OPT_BIN" "${passes[@]}" "${features[@]}" "${sections[@]}" "$WASM" -o "$WASM.opt"
 mv "$WASM.opt" "$WASM"
 echo "[build] wasm-opt ${passes[*]} ${sections[*]}: $(wc -c <"$WASM") B" >&2
-# Date the output at the build's start, so a source edited during the build
-# still counts as newer next time.
-touch -r "$stamp" "$SHIM"
+# The entry: wrangler.toml's `main` (and what bench/ and e2e/ load), minified like
+# worker-build's index.js (not bundled: it imports ./index.js). Dated at the build's
+# start, so a source edited during the build still counts as newer next time.
+"$ESBUILD_BIN" src/entry.mjs --minify --format=esm --log-level=warning --outfile="$ENTRY"
+touch -r "$stamp" "$ENTRY"
 echo "[build] done in $((SECONDS - start)) s" >&2

@@ -43,8 +43,8 @@ size_line() {
     'BEGIN { printf "%-22s %9d B %8.1f KiB   gzipped %9d B %8.1f KiB\n", l, r, r / 1024, g, g / 1024 }'
 }
 total_raw=0; total_gz=0
-# The .wasm, its JS glue, and the shim wrangler.toml's `main` points at (it re-exports the glue).
-for f in build/index_bg.wasm build/index.js build/worker/shim.mjs; do
+# The .wasm, its JS glue, and the entry wrangler.toml's `main` points at (it imports the glue).
+for f in build/index_bg.wasm build/index.js build/entry.mjs; do
   raw=$(wc -c <"$f"); gz=$(gzip -9 -c "$f" | wc -c)
   size_line "$f" "$raw" "$gz"
   total_raw=$((total_raw + raw)); total_gz=$((total_gz + gz))

@@ -25,7 +25,7 @@ pub struct WorkerClock;
 
 impl Clock for WorkerClock {
     fn now_ms(&self) -> u64 {
-        worker::Date::now().as_millis()
+        worker::js_sys::Date::now() as u64
     }
 }
 

@@ -4,32 +4,26 @@
 //! lines out. The map is CONTRIBUTING.md.
 
 pub mod d1;
+pub mod entry;
 pub mod fetch;
 pub mod ops;
 pub mod queue;
 pub mod response;
 pub mod router;
 pub mod runtime;
+pub mod settle;
 pub mod subtle;
 
-use worker::{
-    event, Context, Env, MessageBatch, Response, Result, ScheduleContext, ScheduledEvent,
-};
+use worker::{event, Context, Env, MessageBatch, Result, ScheduleContext, ScheduledEvent};
 
 #[event(start)]
 fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Every request goes through [`router::route`]; an unexpected glue error becomes a
-/// generic 500 (never `respond_with_errors`, which would put the error text in the body).
-#[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<Response> {
-    match router::route(req, env).await {
-        Ok(response) => Ok(response),
-        Err(e) => router::internal_error(&e),
-    }
-}
+// Every HTTP request comes in through `entry::serve` (src/entry.mjs is the Worker's
+// entry), which hands it to [`router::route`]; an unexpected glue error becomes a generic
+// 500 (never the error text in the body).
 
 /// The cron trigger (`[triggers]` in wrangler.toml): re-drive, reconciliation, retention.
 #[event(scheduled)]

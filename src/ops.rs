@@ -6,7 +6,8 @@ use std::rc::Rc;
 use stripe_edge_core::http;
 use stripe_edge_core::ops::{self, OpsCall};
 use stripe_edge_core::settings::Config;
-use worker::{Env, Method, Response, Result};
+use web_sys::Response;
+use worker::{Env, Method, Result};
 
 use crate::response;
 use crate::runtime::{now_ms, Console, Runtime};

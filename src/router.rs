@@ -3,12 +3,19 @@
 //! its reply into the `Response`.
 
 use futures_util::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use stripe_edge_core::checkout::{self, CheckoutDeps, CheckoutRequest, Verb};
+
+use stripe_edge_core::http::webhook::Reply;
 use stripe_edge_core::http::{self, health};
 use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
 use stripe_edge_core::orders::{self, OrderDecision, OrderDeps, OrderMethod, OrderRequest};
 use stripe_edge_core::ports::ledger::LedgerError;
-use worker::{ByteStream, Env, Method, Response, Result};
+use stripe_edge_core::settings::Config;
+use web_sys::Response;
+use worker::{ByteStream, Env, Method, Result};
 
 use crate::fetch::{FetchUpstream, WorkerClock};
 use crate::runtime::{load_config, nonce, now_ms, throttle, Console, Runtime, WorkerPause};
@@ -22,6 +29,10 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// workerd builds on access, which `bench/workers.sh` profiled at ~3 % of a delivery's
 /// CPU, and its conversion costs upload size. Each route reads what it needs from the
 /// runtime's request: the method (as workers-rs's `Method`), headers, the body.
+///
+/// Every route but the webhook's runs as a boxed future of its own: inlined, all of
+/// them made one 58 KB wasm function of the request's future, which V8 compiles (and
+/// tiers up) whole for every delivery's sake.
 pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
     let started = now_ms();
     let method = Method::from(raw.method());
@@ -29,18 +40,25 @@ pub async fn route(raw: web_sys::Request, env: Env) -> Result<Response> {
     match (path_of(&url), method) {
         (WEBHOOK_PATH, Method::Post) => webhook(raw, env, started).await,
         (WEBHOOK_PATH, _) => answer(Decision::refused(Refusal::MethodNotAllowed), started, 0),
-        (HEALTH_PATH, Method::Get | Method::Head) => healthz(env).await,
-        (checkout::CHECKOUT_PATH, method) => checkout(raw, method, env, started).await,
+        (HEALTH_PATH, Method::Get | Method::Head) => apart(healthz(env)).await,
+        (checkout::CHECKOUT_PATH, method) => apart(checkout(raw, method, env, started)).await,
         (path, method) if path.starts_with(orders::PREFIX) => {
             let id = path[orders::PREFIX.len()..].to_string();
-            order(raw, method, env, started, &id).await
+            apart(order(raw, method, env, started, &id)).await
         }
         (path, method) if path.starts_with(stripe_edge_core::ops::PREFIX) => {
             let config = load_config(&env);
-            ops::handle(raw, method, &url, env, config).await
+            apart(ops::handle(raw, method, &url, env, config)).await
         }
         _ => answer(Decision::refused(Refusal::NotFound), started, 0),
     }
+}
+
+/// A route's future behind a pointer, so its code stays out of the request's future.
+fn apart<'a>(
+    future: impl Future<Output = Result<Response>> + 'a,
+) -> Pin<Box<dyn Future<Output = Result<Response>> + 'a>> {
+    Box::pin(future)
 }
 
 /// The path of a serialised URL (`https://host/path?query`), split as a string: the
@@ -57,39 +75,76 @@ fn header(raw: &web_sys::Request, name: &str) -> Result<Option<String>> {
     Ok(raw.headers().get(name)?)
 }
 
+/// What a delivery's `Content-Length` allows, before any byte of the body is read.
+enum Admission {
+    /// Refused before reading: no usable secret, or a declared length over the cap.
+    Refused(Decision),
+    /// A length within the cap: read at once.
+    Known,
+    /// No usable `Content-Length`: read the stream, capped.
+    Streamed,
+}
+
+fn admit(config: &Config, content_length: Option<&str>) -> Admission {
+    if config.webhook_secrets.is_empty() {
+        return Admission::Refused(Decision::refused(Refusal::NotConfigured));
+    }
+    match content_length.and_then(|v| v.parse::<u64>().ok()) {
+        Some(n) if n > config.max_body_bytes => Admission::Refused(too_large(config)),
+        Some(_) => Admission::Known,
+        None => Admission::Streamed,
+    }
+}
+
+fn too_large(config: &Config) -> Decision {
+    Decision::refused(Refusal::TooLarge {
+        limit: config.max_body_bytes,
+    })
+}
+
 async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Response> {
     let config = load_config(&env);
-    if config.webhook_secrets.is_empty() {
-        return answer(Decision::refused(Refusal::NotConfigured), started, 0);
-    }
-    let too_large = Decision::refused(Refusal::TooLarge {
-        limit: config.max_body_bytes,
-    });
-    let declared = header(&raw, "content-length")?.and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > config.max_body_bytes) {
-        return answer(too_large, started, 0);
-    }
-    let signature = header(&raw, "stripe-signature")?;
-    let body = match declared {
+    let headers = raw.headers();
+    let content_length = headers.get("content-length")?;
+    let known = match admit(&config, content_length.as_deref()) {
+        Admission::Refused(decision) => return answer(decision, started, 0),
+        Admission::Known => true,
+        Admission::Streamed => false,
+    };
+    let signature = headers.get("stripe-signature")?;
+    let body = if known {
         // One copy into wasm when the length is known (Stripe always sends it), instead
         // of a crossing per stream chunk; the runtime holds the body to that length.
-        Some(_) => {
-            let buffer = wasm_bindgen_futures::JsFuture::from(raw.array_buffer()?).await?;
-            let body = worker::js_sys::Uint8Array::new(&buffer).to_vec();
-            Some(body).filter(|b| b.len() as u64 <= config.max_body_bytes)
-        }
-        None => read_capped(&raw, config.max_body_bytes).await?,
+        let buffer = crate::settle::settled(&raw.array_buffer()?).await?;
+        let bytes = worker::js_sys::Uint8Array::new(&buffer);
+        Some(subtle::Body::read(signature.as_deref(), &bytes))
+    } else {
+        read_capped(&raw, config.max_body_bytes)
+            .await?
+            .map(subtle::Body::plain)
     };
-    let Some(body) = body else {
-        return answer(too_large, started, 0);
+    response::json(deliver(&env, config, signature.as_deref(), body, started).await)
+}
+
+/// A delivery whose body is read (`None`: over the cap): verifies, records and decides
+/// (the core's `ingress::handle`), logs the decision line and returns the reply.
+async fn deliver(
+    env: &Env,
+    config: Rc<Config>,
+    signature: Option<&str>,
+    body: Option<subtle::Body>,
+    started: u64,
+) -> Reply {
+    let Some(body) = body.filter(|b| b.bytes().len() as u64 <= config.max_body_bytes) else {
+        return logged(too_large(&config), started, 0);
     };
-    let tags = subtle::tags(&config.webhook_secrets, signature.as_deref(), &body).await;
+    let tags = subtle::tags(&config.webhook_secrets, signature, &body).await;
     let delivery = Delivery {
-        signature: signature.as_deref(),
-        body: &body,
+        signature,
+        body: body.bytes(),
         tags: tags.as_deref(),
     };
-    let (decision, d1_calls) = match Runtime::bind(&env, config) {
+    let (decision, d1_calls) = match Runtime::bind(env, config) {
         Ok(runtime) => {
             let decision = ingress::handle(&runtime.deps(true), delivery, started).await;
             (decision, runtime.ledger.calls())
@@ -102,7 +157,7 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
             (Decision::refused(refusal), 0)
         }
     };
-    answer(decision, started, d1_calls)
+    logged(decision, started, d1_calls)
 }
 
 /// Reads the body, giving up as soon as it exceeds `limit` (a chunked body has no
@@ -233,10 +288,15 @@ async fn healthz(env: Env) -> Result<Response> {
 
 /// Logs the decision with the D1 round trips it took, and answers.
 fn answer(decision: Decision, started: u64, d1_calls: u32) -> Result<Response> {
+    response::json(logged(decision, started, d1_calls))
+}
+
+/// Logs the decision with the D1 round trips it took; its reply.
+fn logged(decision: Decision, started: u64, d1_calls: u32) -> Reply {
     http::webhook::decision_line(&decision, now_ms().saturating_sub(started))
         .num("d1_calls", u64::from(d1_calls))
         .emit(&Console);
-    response::json(http::webhook::for_decision(&decision))
+    http::webhook::for_decision(&decision)
 }
 
 /// The scheduled run (`stripe_edge_core::maintenance::scheduled`), or an error line

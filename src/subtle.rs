@@ -27,23 +27,84 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The tags of the header's timestamp and `body` under each secret, in order; `None`
+/// A delivery's body in wasm memory, with room in front of it for what SubtleCrypto signs
+/// before the body (the header's timestamp text and `.`), so that a large body is not
+/// copied a second time to be signed.
+pub struct Body {
+    buf: Vec<u8>,
+    /// Where the body starts in `buf`; `buf[..start]` is the signed prefix, when there.
+    start: usize,
+}
+
+impl Body {
+    /// A body read as it is (the fetch handler's path): signing it copies it.
+    pub fn plain(bytes: Vec<u8>) -> Self {
+        Self {
+            buf: bytes,
+            start: 0,
+        }
+    }
+
+    /// Copies a body from JavaScript into wasm: after the signed prefix when it will be
+    /// signed by SubtleCrypto (see [`tags`]), as it is otherwise.
+    pub fn read(header: Option<&str>, bytes: &Uint8Array) -> Self {
+        let len = bytes.length() as usize;
+        let prefix = header
+            .filter(|_| len >= MIN_BYTES)
+            .and_then(|h| signature::parse_header(h).ok())
+            .map(|h| h.timestamp_text);
+        let prefix = prefix.as_deref().unwrap_or("");
+        let start = if prefix.is_empty() {
+            0
+        } else {
+            prefix.len() + 1
+        };
+        let mut buf = Vec::with_capacity(start + len);
+        if start > 0 {
+            buf.extend_from_slice(prefix.as_bytes());
+            buf.push(b'.');
+        }
+        // Straight into the spare capacity: zero-filling it first cost as much as the copy.
+        bytes.copy_to_uninit(&mut buf.spare_capacity_mut()[..len]);
+        // SAFETY: `copy_to_uninit` initialised the `len` bytes after the first `start`.
+        unsafe { buf.set_len(start + len) };
+        Self { buf, start }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// The tags of the header's timestamp and the body under each secret, in order; `None`
 /// when the body is small, the header unreadable (the verifier reports why), or
 /// SubtleCrypto failed.
-pub async fn tags(secrets: &[Secret], header: Option<&str>, body: &[u8]) -> Option<Vec<Tag>> {
-    if body.len() < MIN_BYTES {
+pub async fn tags(secrets: &[Secret], header: Option<&str>, body: &Body) -> Option<Vec<Tag>> {
+    let bytes = body.bytes();
+    if bytes.len() < MIN_BYTES {
         return None;
     }
     let header = signature::parse_header(header?).ok()?;
     // SubtleCrypto signs one buffer: `t.` then the raw bytes, as Stripe signed them.
-    let mut signed = Vec::with_capacity(header.timestamp_text.len() + 1 + body.len());
-    signed.extend_from_slice(header.timestamp_text.as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(body);
+    let prefix_len = header.timestamp_text.len() + 1;
+    let copied;
+    let signed = match body.buf.get(..body.start) {
+        Some(p) if p.len() == prefix_len && p.starts_with(header.timestamp_text.as_bytes()) => {
+            &body.buf[..]
+        }
+        _ => {
+            let mut buf = Vec::with_capacity(prefix_len + bytes.len());
+            buf.extend_from_slice(header.timestamp_text.as_bytes());
+            buf.push(b'.');
+            buf.extend_from_slice(bytes);
+            copied = buf;
+            &copied[..]
+        }
+    };
     let subtle = subtle().ok()?;
     let mut tags = Vec::with_capacity(secrets.len());
     for secret in secrets {
-        tags.push(sign(&subtle, secret.as_ref(), &signed).await.ok()?);
+        tags.push(sign(&subtle, secret.as_ref(), signed).await.ok()?);
     }
     Some(tags)
 }
@@ -60,7 +121,8 @@ fn subtle() -> Result<web_sys::SubtleCrypto, JsValue> {
 
 async fn sign(subtle: &web_sys::SubtleCrypto, secret: &[u8], data: &[u8]) -> Result<Tag, JsValue> {
     let key = key(subtle, secret).await?;
-    let mac = JsFuture::from(subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
+    let mac =
+        crate::settle::settled(&subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
     // An ArrayBuffer of 32 bytes.
     let mac = Uint8Array::new(&mac);
     let mut tag = [0u8; 32];

@@ -22,6 +22,11 @@ pub(super) fn failure(operation: &'static str) -> impl Fn(worker::Error) -> Ledg
     }
 }
 
+/// A JavaScript exception of a D1 call, as `failure` reports the binding's errors.
+pub(super) fn js_failure(operation: &'static str) -> impl Fn(JsValue) -> LedgerError {
+    move |e| failure(operation)(worker::Error::from(e))
+}
+
 pub(super) fn text(value: &str) -> JsValue {
     JsValue::from_str(value)
 }

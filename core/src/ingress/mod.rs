@@ -2,6 +2,9 @@
 //! decide, record. Knows nothing of JavaScript; the edge glue reads the request and
 //! turns the [`Decision`] into a response ([`crate::http::webhook`]) and a log line.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::fulfilment::plan::{self, Disposition, Purchase};
 use crate::fulfilment::reversal::{self, Reversal};
 use crate::fulfilment::{self, Deps, Report, RunOutcome};
@@ -249,11 +252,19 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         return decision;
     }
     if let (Some(money_back), false) = (&money_back, disposition == Disposition::LivemodeMismatch) {
-        decision.verdict =
-            match reverse(deps, &event, money_back, claim, started_ms, &mut decision).await {
-                Ok(verdict) => verdict,
-                Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
-            };
+        decision.verdict = match apart(reverse(
+            deps,
+            &event,
+            money_back,
+            claim,
+            started_ms,
+            &mut decision,
+        ))
+        .await
+        {
+            Ok(verdict) => verdict,
+            Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+        };
         return decision;
     }
     decision.verdict = match act(
@@ -340,7 +351,7 @@ async fn act<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         // An event reconciliation found (claimed above, new): fulfilled as a delivery.
         Disposition::Fulfil => {
             let purchase = plan::purchase(event, session, deps.config);
-            fulfil(deps, &purchase, None, seen, started_ms, decision).await
+            apart(fulfil(deps, &purchase, None, seen, started_ms, decision)).await
         }
     }
 }
@@ -353,7 +364,23 @@ async fn deliver<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     started_ms: u64,
     decision: &mut Decision,
 ) -> Result<Verdict, LedgerError> {
-    fulfil(deps, purchase, Some(record), false, started_ms, decision).await
+    apart(fulfil(
+        deps,
+        purchase,
+        Some(record),
+        false,
+        started_ms,
+        decision,
+    ))
+    .await
+}
+
+/// A path most deliveries do not take (fulfilment, taking back), behind a pointer: its
+/// code stays out of [`ingest`]'s own future. In wasm each future is one function, which
+/// V8 compiles and tiers up whole for every delivery's sake (BENCHMARKS.md, "Whole
+/// Workers under the same workerd").
+fn apart<'a, T>(future: impl Future<Output = T> + 'a) -> Pin<Box<dyn Future<Output = T> + 'a>> {
+    Box::pin(future)
 }
 
 /// Runs (inline) or queues (queue mode) a paid purchase; `event`, when given, is

@@ -1,0 +1,157 @@
+// A/B of whole Workers on this shared machine: several builds of this Worker, the
+// reference JavaScript Worker and, if asked, the floors of bench/workers.mjs, each in its
+// own workerd under Miniflare, in many short alternating rounds; prints each one's workerd
+// CPU per delivery and, per round, its ratio to the reference measured right beside it.
+// Short rounds and paired ratios tell apart steps of a few percent that
+// bench/workers.sh's five medians cannot on a busy machine (BENCHMARKS.md).
+//
+// Run (after `bash bench/workers.sh` once, which bundles the reference):
+//   cp -r build /tmp/before && <change> && bash scripts/build.sh
+//   BUILDS=/tmp/before,build node bench/ab.mjs
+// Knobs: BUILDS (comma-separated build directories; `floor` and `d1floor` add those
+// Workers), SIZE_KB (1), ROUNDS (40), DELIVERIES per round (200), WARMUP (200),
+// CONCURRENCY (8).
+
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
+import Stripe from 'stripe';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const BUILDS = (process.env.BUILDS ?? 'build').split(',');
+const SIZE_KB = Number(process.env.SIZE_KB ?? 1);
+const ROUNDS = Number(process.env.ROUNDS ?? 40);
+const DELIVERIES = Number(process.env.DELIVERIES ?? 200);
+const WARMUP = Number(process.env.WARMUP ?? 200);
+const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
+const SECRET = 'whsec_bench_workers_secret';
+const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
+const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
+  .map((f) => readFileSync(path.join(ROOT, 'migrations', f), 'utf8'));
+const INSERT = 'INSERT INTO events (id, type, livemode, api_version, created, object_id, disposition, received_at) '
+  + 'VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id';
+
+/** The Miniflare options of one entry of BUILDS (or of the reference). */
+function workerOf(name) {
+  if (name === 'js') return { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') };
+  if (name === 'floor') {
+    return { modules: true, script: 'export default { async fetch(request) { const body = await request.arrayBuffer(); return Response.json({ received: true, bytes: body.byteLength }); } };' };
+  }
+  if (name === 'd1floor') {
+    return {
+      modules: true,
+      script: `const INSERT = ${JSON.stringify(INSERT)};
+      export default { async fetch(request, env) {
+        const event = JSON.parse(await request.text());
+        const row = await env.DB.prepare(INSERT).bind(event.id, event.type, event.livemode ? 1 : 0,
+          event.api_version ?? null, event.created ?? null, event.data?.object?.id ?? null, 'ignored', Date.now()).first();
+        const status = row ? 'ignored' : 'duplicate';
+        console.log(JSON.stringify({ level: 'info', msg: 'webhook recorded', event_id: event.id, event_type: event.type, status }));
+        return Response.json({ received: true, event_id: event.id, status });
+      } };`,
+    };
+  }
+  const dir = path.resolve(ROOT, name);
+  return {
+    modulesRoot: dir,
+    modules: [
+      // A build from before src/entry.mjs has none: its index.js is the entry.
+      ...(existsSync(path.join(dir, 'entry.mjs')) ? [{ type: 'ESModule', path: path.join(dir, 'entry.mjs') }] : []),
+      { type: 'ESModule', path: path.join(dir, 'index.js') },
+      { type: 'CompiledWasm', path: path.join(dir, 'index_bg.wasm') },
+    ],
+  };
+}
+
+const pids = () => new Set(readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number));
+function childWorkerd(before) {
+  for (const pid of pids()) {
+    if (before.has(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (stat.includes('(workerd)') && ppid === process.pid) return pid;
+    } catch { /* gone */ }
+  }
+  throw new Error('no workerd process');
+}
+/** CPU seconds of every thread of `pid`, from schedstat (nanoseconds, not ticks). */
+function cpuSecs(pid) {
+  let ns = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try { ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]); } catch { /* gone */ }
+  }
+  return ns / 1e9;
+}
+
+let serial = 0;
+function deliveries(n) {
+  const now = Math.floor(Date.now() / 1000);
+  return Array.from({ length: n }, () => {
+    serial += 1;
+    const id = `evt_ab_${process.pid}_${serial}`;
+    const head = `{"id":"${id}","object":"event","type":"payment_intent.created","livemode":false,"api_version":"2025-03-31.basil","created":${now},"data":{"object":{"id":"pi_ab_${serial}","object":"payment_intent","amount":2000,"currency":"usd","description":"`;
+    const tail = '"}}}';
+    const payload = head + 'x'.repeat(Math.max(0, SIZE_KB * 1024 - head.length - tail.length)) + tail;
+    return { payload, header: Stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET, timestamp: now }) };
+  });
+}
+
+/** Sends `batch` at CONCURRENCY; the worker's CPU per delivery, in ms. */
+async function load(w, batch) {
+  let next = 0;
+  const cpu0 = cpuSecs(w.pid);
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (next < batch.length) {
+      const { payload, header } = batch[next];
+      next += 1;
+      const res = await fetch(new URL('/webhooks/stripe', w.url), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'stripe-signature': header },
+        body: payload,
+      });
+      const text = await res.text();
+      if (res.status !== 200) throw new Error(`${w.name} answered ${res.status}: ${text}`);
+    }
+  }));
+  return ((cpuSecs(w.pid) - cpu0) / batch.length) * 1000;
+}
+
+const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const workers = [];
+try {
+  for (const name of [...BUILDS, 'js']) {
+    const before = pids();
+    const mf = new Miniflare(convertV4MiniflareOptions({
+      handleStructuredLogs: () => {},
+      workers: [{ name: 'w', ...workerOf(name), compatibilityDate: COMPAT_DATE, d1Databases: { DB: 'ab' }, bindings: { STRIPE_WEBHOOK_SECRET: SECRET } }],
+    }));
+    const url = await mf.ready;
+    const db = await mf.getD1Database('DB');
+    for (const sql of MIGRATIONS) {
+      for (const s of sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((x) => x.trim()).filter(Boolean)) {
+        await db.prepare(s).run();
+      }
+    }
+    workers.push({ name, mf, url, pid: childWorkerd(before), cpu: [] });
+  }
+  console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}; ${ROUNDS} rounds of ${DELIVERIES} signed ${SIZE_KB} KB deliveries per Worker, ${WARMUP} warm-up, concurrency ${CONCURRENCY}`);
+  for (const w of workers) await load(w, deliveries(WARMUP));
+  for (let r = 0; r < ROUNDS; r += 1) {
+    // Every Worker goes first in turn; every other round backwards.
+    const order = workers.slice(r % workers.length).concat(workers.slice(0, r % workers.length));
+    if (r % 2) order.reverse();
+    for (const w of order) w.cpu.push(await load(w, deliveries(DELIVERIES)));
+  }
+  const js = workers.at(-1);
+  console.log('\n| Worker | CPU ms per delivery (median of rounds) | ÷ JS (median of per-round ratios) |\n|---|---|---|');
+  for (const w of workers) {
+    console.log(`| ${w.name} | ${median(w.cpu).toFixed(3)} | ${median(w.cpu.map((c, i) => c / js.cpu[i])).toFixed(3)} |`);
+  }
+  console.log(`\nload average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+} finally {
+  await Promise.all(workers.map((w) => w.mf.dispose()));
+}
