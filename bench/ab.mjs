@@ -2,15 +2,16 @@
 // reference JavaScript Worker and, if asked, the floors of bench/workers.mjs, each in its
 // own workerd under Miniflare, in many short alternating rounds; prints each one's workerd
 // CPU per delivery and, per round, its ratio to the reference measured right beside it.
-// Short rounds and paired ratios tell apart steps of a few percent that
-// bench/workers.sh's five medians cannot on a busy machine (BENCHMARKS.md).
+// Short rounds and paired ratios take the machine's load out; SETS of fresh processes
+// take out each process's own offset (a few percent, BENCHMARKS.md). Even so, a step
+// of 2 to 3 % needs several runs here to be told from noise.
 //
 // Run (after `bash bench/workers.sh` once, which bundles the reference):
 //   cp -r build /tmp/before && <change> && bash scripts/build.sh
 //   BUILDS=/tmp/before,build node bench/ab.mjs
 // Knobs: BUILDS (comma-separated build directories; `floor` and `d1floor` add those
-// Workers), SIZE_KB (1), ROUNDS (40), DELIVERIES per round (200), WARMUP (200),
-// CONCURRENCY (8).
+// Workers), SIZE_KB (1), SETS (3), ROUNDS per set (12), DELIVERIES per round (200),
+// WARMUP (200), CONCURRENCY (8).
 
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import os from 'node:os';
@@ -23,10 +24,11 @@ import Stripe from 'stripe';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BUILDS = (process.env.BUILDS ?? 'build').split(',');
 const SIZE_KB = Number(process.env.SIZE_KB ?? 1);
-const ROUNDS = Number(process.env.ROUNDS ?? 40);
+const ROUNDS = Number(process.env.ROUNDS ?? 12);
 const DELIVERIES = Number(process.env.DELIVERIES ?? 200);
 const WARMUP = Number(process.env.WARMUP ?? 200);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
+const SETS = Number(process.env.SETS ?? 3);
 const SECRET = 'whsec_bench_workers_secret';
 const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
 const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
@@ -121,37 +123,53 @@ async function load(w, batch) {
 }
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const workers = [];
+const ratios = Object.fromEntries([...BUILDS, 'js'].map((name) => [name, []]));
+const cpus = Object.fromEntries([...BUILDS, 'js'].map((name) => [name, []]));
+const live = [];
 try {
-  for (const name of [...BUILDS, 'js']) {
-    const before = pids();
-    const mf = new Miniflare(convertV4MiniflareOptions({
-      handleStructuredLogs: () => {},
-      workers: [{ name: 'w', ...workerOf(name), compatibilityDate: COMPAT_DATE, d1Databases: { DB: 'ab' }, bindings: { STRIPE_WEBHOOK_SECRET: SECRET } }],
-    }));
-    const url = await mf.ready;
-    const db = await mf.getD1Database('DB');
-    for (const sql of MIGRATIONS) {
-      for (const s of sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((x) => x.trim()).filter(Boolean)) {
-        await db.prepare(s).run();
+  console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}; ${SETS} sets of fresh processes, each ${WARMUP} warm-up then ${ROUNDS} rounds of ${DELIVERIES} signed ${SIZE_KB} KB deliveries per Worker, concurrency ${CONCURRENCY}`);
+  for (let set = 0; set < SETS; set += 1) {
+    // Fresh processes for every set: a workerd process keeps its layout and JIT state
+    // for life, and the same build in three processes side by side measured 0.99x,
+    // 1.04x and 1.05x of one reference (BENCHMARKS.md).
+    const workers = [];
+    for (const name of [...BUILDS, 'js']) {
+      const before = pids();
+      const mf = new Miniflare(convertV4MiniflareOptions({
+        handleStructuredLogs: () => {},
+        workers: [{ name: 'w', ...workerOf(name), compatibilityDate: COMPAT_DATE, d1Databases: { DB: 'ab' }, bindings: { STRIPE_WEBHOOK_SECRET: SECRET } }],
+      }));
+      live.push(mf);
+      const url = await mf.ready;
+      const db = await mf.getD1Database('DB');
+      for (const sql of MIGRATIONS) {
+        for (const s of sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((x) => x.trim()).filter(Boolean)) {
+          await db.prepare(s).run();
+        }
       }
+      workers.push({ name, mf, url, pid: childWorkerd(before), cpu: [] });
     }
-    workers.push({ name, mf, url, pid: childWorkerd(before), cpu: [] });
+    for (const w of workers) await load(w, deliveries(WARMUP));
+    for (let r = 0; r < ROUNDS; r += 1) {
+      // Every Worker goes first in turn; every other round backwards.
+      const order = workers.slice(r % workers.length).concat(workers.slice(0, r % workers.length));
+      if (r % 2) order.reverse();
+      for (const w of order) w.cpu.push(await load(w, deliveries(DELIVERIES)));
+    }
+    const js = workers.at(-1);
+    for (const w of workers) {
+      cpus[w.name].push(...w.cpu);
+      ratios[w.name].push(...w.cpu.map((c, i) => c / js.cpu[i]));
+      console.log(`set ${set + 1}: ${w.name} ${median(w.cpu.map((c, i) => c / js.cpu[i])).toFixed(3)}`);
+    }
+    await Promise.all(workers.map((w) => w.mf.dispose()));
+    live.length = 0;
   }
-  console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}; ${ROUNDS} rounds of ${DELIVERIES} signed ${SIZE_KB} KB deliveries per Worker, ${WARMUP} warm-up, concurrency ${CONCURRENCY}`);
-  for (const w of workers) await load(w, deliveries(WARMUP));
-  for (let r = 0; r < ROUNDS; r += 1) {
-    // Every Worker goes first in turn; every other round backwards.
-    const order = workers.slice(r % workers.length).concat(workers.slice(0, r % workers.length));
-    if (r % 2) order.reverse();
-    for (const w of order) w.cpu.push(await load(w, deliveries(DELIVERIES)));
-  }
-  const js = workers.at(-1);
-  console.log('\n| Worker | CPU ms per delivery (median of rounds) | ÷ JS (median of per-round ratios) |\n|---|---|---|');
-  for (const w of workers) {
-    console.log(`| ${w.name} | ${median(w.cpu).toFixed(3)} | ${median(w.cpu.map((c, i) => c / js.cpu[i])).toFixed(3)} |`);
+  console.log('\n| Worker | CPU ms per delivery (median of rounds) | ÷ JS (median of per-round ratios, every set) |\n|---|---|---|');
+  for (const name of [...BUILDS, 'js']) {
+    console.log(`| ${name} | ${median(cpus[name]).toFixed(3)} | ${median(ratios[name]).toFixed(3)} |`);
   }
   console.log(`\nload average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 } finally {
-  await Promise.all(workers.map((w) => w.mf.dispose()));
+  await Promise.all(live.map((mf) => mf.dispose()));
 }

@@ -9,12 +9,22 @@
 // `d1floor` is the reference without verification (JSON.parse, the same D1 insert, log
 // line and answer): what each Worker spends above it is verification and its glue.
 //
-// Run: bash bench/workers.sh   (builds both, then this file). Knobs: ROUNDS (5),
-// DELIVERIES per round and size (600), CONCURRENCY (8), SIZES_KB (1,10,100),
-// STARTUP_RUNS (3), WRANGLER_STARTUP (1; 0 skips the wrangler dev startup),
-// DEADLINE_S (480: the whole run gives up, and stops everything it started, after it).
+// CPU is each workerd's own, summed over its threads from /proc/<pid>/task/*/schedstat
+// (nanoseconds). For each size, INSTANCES fresh sets of the four processes run one after
+// the other (a process keeps its layout and JIT state for life, which moves its CPU by a
+// few percent from one process to the next); each set is warmed with WARMUP deliveries
+// per Worker (the Rust Worker's wasm tiers up over its first ~1,000), then runs ROUNDS
+// alternating rounds. The ratio the goal reads, "CPU per delivery Rust ÷ JS", is the
+// median of the per-round ratios over every set: each round runs the reference right
+// beside the Rust Worker, so the machine's load, which moves from round to round here,
+// divides out.
+//
+// Run: bash bench/workers.sh   (builds both, then this file). Knobs: INSTANCES (3),
+// ROUNDS per instance (6), DELIVERIES per round and size (300), WARMUP (800),
+// CONCURRENCY (8), SIZES_KB (1,10,100), STARTUP_RUNS (3), WRANGLER_STARTUP (1; 0 skips
+// the wrangler dev startup),
+// DEADLINE_S (900: the whole run gives up, and stops everything it started, after it).
 
-import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,15 +36,16 @@ import { startWorker } from '../e2e/support/worker.mjs';
 import Stripe from 'stripe';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const ROUNDS = Number(process.env.ROUNDS ?? 5);
-const DELIVERIES = Number(process.env.DELIVERIES ?? 600);
+const INSTANCES = Number(process.env.INSTANCES ?? 3);
+const ROUNDS = Number(process.env.ROUNDS ?? 6);
+const DELIVERIES = Number(process.env.DELIVERIES ?? 300);
+const WARMUP = Number(process.env.WARMUP ?? 800);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
 const SIZES_KB = (process.env.SIZES_KB ?? '1,10,100').split(',').map(Number);
 const STARTUP_RUNS = Number(process.env.STARTUP_RUNS ?? 3);
 const WRANGLER_STARTUP = process.env.WRANGLER_STARTUP !== '0';
-const DEADLINE_S = Number(process.env.DEADLINE_S ?? 480);
+const DEADLINE_S = Number(process.env.DEADLINE_S ?? 900);
 const SECRET = 'whsec_bench_workers_secret';
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 const REQUEST_TIMEOUT_MS = 10_000;
 const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
 
@@ -97,10 +108,13 @@ function workerdPids() {
 }
 
 /** utime + stime of `pid`, in seconds. */
+/** CPU seconds of every thread of `pid`, from schedstat (nanoseconds, not clock ticks). */
 function cpuSecs(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  let ns = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try { ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]); } catch { /* gone */ }
+  }
+  return ns / 1e9;
 }
 
 function rssMiB(pid) {
@@ -235,9 +249,8 @@ async function main() {
   const miniflareVersion = JSON.parse(readFileSync(path.join(ROOT, 'node_modules/miniflare/package.json'), 'utf8')).version;
   console.log(`machine: ${cpuModel}, ${os.cpus().length} CPUs, load average ${os.loadavg()[0].toFixed(2)}`);
   console.log(`node ${process.version}, workerd ${workerdVersion} via miniflare ${miniflareVersion}, stripe ${Stripe.PACKAGE_VERSION}`);
-  console.log(`${ROUNDS} alternating rounds of ${DELIVERIES} deliveries per Worker and size, concurrency ${CONCURRENCY}\n`);
+  console.log(`per size: ${INSTANCES} fresh sets of processes, each ${WARMUP} warm-up deliveries per Worker then ${ROUNDS} alternating rounds of ${DELIVERIES}; concurrency ${CONCURRENCY}\n`);
 
-  const workers = [];
   const live = new Set(); // every Miniflare not yet disposed, for the finally below
   const t0 = performance.now();
   try {
@@ -255,7 +268,11 @@ async function main() {
         }
       }
     }
-    workers.push(startups.rust.at(-1), startups.js.at(-1), await start('floor', live), await start('d1floor', live));
+    // The CPU rounds below start processes of their own.
+    for (const w of [startups.rust.at(-1), startups.js.at(-1)]) {
+      live.delete(w.mf);
+      await w.mf.dispose();
+    }
     // The median, then every run in order (the first start of the run reads from a cold page cache).
     const med = (name, key) => {
       const xs = startups[name].map((w) => w[key]);
@@ -276,47 +293,66 @@ async function main() {
     console.log('|---|---|---|---|---|---|---|---|---|');
     const summary = [];
     for (const kb of SIZES_KB) {
-      const results = Object.fromEntries(workers.map((w) => [w.name, []]));
-      // Warm-up: JIT and Liftoff→TurboFan tier-up, D1 statement cache.
-      for (const w of workers) await load(w, deliveries(Math.min(100, DELIVERIES), kb));
-      for (let r = 0; r < ROUNDS; r += 1) {
-        const order = r % 2 === 0 ? workers : workers.slice().reverse();
-        for (const w of order) results[w.name].push(await load(w, deliveries(DELIVERIES, kb)));
+      const results = { rust: [], js: [], floor: [], d1floor: [] };
+      let last = [];
+      for (let instance = 0; instance < INSTANCES; instance += 1) {
+        // Fresh processes for every set: a workerd process keeps its own layout and JIT
+        // state for its whole life, which moves its CPU per delivery by a few percent
+        // from one process to the next (BENCHMARKS.md), so one pair of processes cannot
+        // tell a few percent apart however many rounds it runs.
+        const names = instance % 2 === 0 ? ['rust', 'js', 'floor', 'd1floor'] : ['js', 'rust', 'd1floor', 'floor'];
+        const workers = [];
+        for (const name of names) workers.push(await start(name, live));
+        // Warm-up: JIT and Liftoff→TurboFan tier-up, D1 statement cache.
+        for (const w of workers) await load(w, deliveries(WARMUP, kb));
+        for (let r = 0; r < ROUNDS; r += 1) {
+          const order = r % 2 === 0 ? workers : workers.slice().reverse();
+          for (const w of order) results[w.name].push(await load(w, deliveries(DELIVERIES, kb)));
+        }
+        // Both Workers (and the D1 floor) recorded every delivery exactly once (the
+        // redelivery and the forged delivery of checkIngress add no row).
+        for (const w of workers.filter((x) => x.name !== 'floor')) {
+          const { results: [{ n }] } = await w.db.prepare('SELECT COUNT(*) AS n FROM events').all();
+          const expected = 1 + WARMUP + ROUNDS * DELIVERIES;
+          if (n !== expected) throw new Error(`${w.name}: ${n} events in D1, expected ${expected}`);
+        }
+        last = workers.map((w) => ({ name: w.name, rss: rssMiB(w.pid) }));
+        for (const w of workers) {
+          live.delete(w.mf);
+          await w.mf.dispose();
+        }
       }
       const row = {};
-      for (const w of workers) {
-        const runs = results[w.name];
+      for (const name of Object.keys(results)) {
+        const runs = results[name];
         const lat = runs.flatMap((x) => x.latencies).sort((a, b) => a - b);
-        row[w.name] = {
+        row[name] = {
           rps: median(runs.map((x) => DELIVERIES / x.wall)),
           p50: pct(lat, 50),
           p99: pct(lat, 99),
           cpu: median(runs.map((x) => (x.cpu / DELIVERIES) * 1000)),
+          perRound: runs.map((x) => x.cpu),
         };
       }
-      for (const w of workers) {
-        const m = row[w.name];
-        const above = w.name === 'floor' ? '' : `${(m.cpu - row.floor.cpu).toFixed(3)}`;
-        const aboveD1 = FLOORS.has(w.name) ? '' : `${(m.cpu - row.d1floor.cpu).toFixed(3)}`;
-        console.log(`| ${kb} KB | ${LABEL[w.name]} | ${m.rps.toFixed(0)} | ${m.p50.toFixed(2)} ms | ${m.p99.toFixed(2)} ms | ${m.cpu.toFixed(3)} | ${above} | ${aboveD1} | ${rssMiB(w.pid).toFixed(0)} MiB |`);
+      for (const name of ['rust', 'js', 'floor', 'd1floor']) {
+        const m = row[name];
+        const rss = last.find((w) => w.name === name).rss;
+        const above = name === 'floor' ? '' : `${(m.cpu - row.floor.cpu).toFixed(3)}`;
+        const aboveD1 = FLOORS.has(name) ? '' : `${(m.cpu - row.d1floor.cpu).toFixed(3)}`;
+        console.log(`| ${kb} KB | ${LABEL[name]} | ${m.rps.toFixed(0)} | ${m.p50.toFixed(2)} ms | ${m.p99.toFixed(2)} ms | ${m.cpu.toFixed(3)} | ${above} | ${aboveD1} | ${rss.toFixed(0)} MiB |`);
       }
       summary.push({ kb, ...row });
     }
     const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a');
-    console.log('\n| body | req/s Rust ÷ JS (>1: Rust faster) | p50 Rust ÷ JS (<1: Rust faster) | p99 Rust ÷ JS | CPU per delivery Rust ÷ JS (<1: Rust cheaper) | CPU above the floor Rust ÷ JS | CPU Rust − JS (ms per delivery) |');
-    console.log('|---|---|---|---|---|---|---|');
+    console.log(`\n| body | req/s Rust ÷ JS (>1: Rust faster) | p50 Rust ÷ JS (<1: Rust faster) | p99 Rust ÷ JS | **CPU per delivery Rust ÷ JS** (<1: Rust cheaper; median of the ${INSTANCES * ROUNDS} per-round ratios) | each set's median | CPU above the floor Rust ÷ JS | CPU Rust − JS (ms per delivery) |`);
+    console.log('|---|---|---|---|---|---|---|---|');
     // No ratio above the D1 floor: the reference's part there is within noise of zero.
     for (const { kb, rust, js, floor: f } of summary) {
-      console.log(`| ${kb} KB | ${ratio(rust.rps, js.rps)} | ${ratio(rust.p50, js.p50)} | ${ratio(rust.p99, js.p99)} | ${ratio(rust.cpu, js.cpu)} | ${ratio(rust.cpu - f.cpu, js.cpu - f.cpu)} | ${(rust.cpu - js.cpu).toFixed(3)} |`);
+      const paired = rust.perRound.map((c, i) => c / js.perRound[i]);
+      const sets = Array.from({ length: INSTANCES }, (_, i) => `${median(paired.slice(i * ROUNDS, (i + 1) * ROUNDS)).toFixed(2)}×`);
+      console.log(`| ${kb} KB | ${ratio(rust.rps, js.rps)} | ${ratio(rust.p50, js.p50)} | ${ratio(rust.p99, js.p99)} | **${median(paired).toFixed(2)}×** | ${sets.join(' / ')} | ${ratio(rust.cpu - f.cpu, js.cpu - f.cpu)} | ${(rust.cpu - js.cpu).toFixed(3)} |`);
     }
-    // Both Workers (and the D1 floor) recorded every delivery exactly once.
-    for (const w of workers.filter((x) => x.name !== 'floor')) {
-      const { results: [{ n }] } = await w.db.prepare('SELECT COUNT(*) AS n FROM events').all();
-      const expected = 1 + SIZES_KB.length * (Math.min(100, DELIVERIES) + ROUNDS * DELIVERIES);
-      // (the redelivery and the forged delivery of checkIngress add no row)
-      if (n !== expected) throw new Error(`${w.name}: ${n} events in D1, expected ${expected}`);
-    }
-    console.log(`\nD1 holds exactly one row per delivery for both Workers; both answered a redelivery 200 "duplicate" and a forged one 400. CLK_TCK ${CLK_TCK}.`);
+    console.log('\nD1 holds exactly one row per delivery for both Workers; both answered a redelivery 200 "duplicate" and a forged one 400.');
     console.log(`Total ${((performance.now() - t0) / 1000).toFixed(0)} s.`);
   } finally {
     await Promise.all([...live].map((mf) => mf.dispose().catch(() => {})));

@@ -2,7 +2,7 @@
 # Whole Workers under the same workerd: builds this Worker (scripts/build.sh) and bundles
 # the reference JavaScript Worker (bench/reference/) with wrangler itself
 # (`wrangler deploy --dry-run --outdir`: the very bundle a deploy would upload), then
-# runs bench/workers.mjs. Loopback only; every process is stopped at the end. ~1.5 min.
+# runs bench/workers.mjs. Loopback only; every process is stopped at the end. ~3 min.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -21,5 +21,5 @@ TOML
 timeout 120 wrangler deploy --config bench/.build/reference.wrangler.toml --dry-run --outdir "$OUT" \
   | { grep -E 'Total Upload' || true; } | sed 's/^/[reference] /'
 [[ -f "$OUT/index.js" ]] || { echo "bench/workers.sh: wrangler did not bundle the reference" >&2; exit 1; }
-# bench/workers.mjs stops itself after DEADLINE_S (480 s); this is the backstop.
-timeout $(( ${DEADLINE_S:-480} + 30 )) node bench/workers.mjs
+# bench/workers.mjs stops itself after DEADLINE_S (900 s); this is the backstop.
+timeout $(( ${DEADLINE_S:-900} + 30 )) node bench/workers.mjs

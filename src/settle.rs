@@ -16,7 +16,7 @@ use worker::js_sys;
 /// Awaits a JavaScript promise on the hot path (the body, D1's claim, SubtleCrypto)
 /// without `JsFuture`'s two wasm-bindgen closures per promise (each made, registered
 /// for finalisation, unregistered and destroyed across the boundary): the promise calls
-/// one closure made once per isolate, bound to this await's slot.
+/// one closure made once per isolate, with this await's slot.
 pub fn settled(promise: &js_sys::Promise) -> Settled {
     let slot = Rc::new(Slot::default());
     let id = SLOTS.with(|slots| {
@@ -32,14 +32,17 @@ pub fn settled(promise: &js_sys::Promise) -> Settled {
             }
         }
     });
-    SETTLE.with(|settle| {
-        let settle: &js_sys::Function = settle.as_ref().unchecked_ref();
-        let id = JsValue::from(id as u32);
-        let on_ok = settle.bind2(&JsValue::UNDEFINED, &id, &JsValue::TRUE);
-        let on_err = settle.bind2(&JsValue::UNDEFINED, &id, &JsValue::FALSE);
-        then(promise, &on_ok, &on_err);
-    });
+    SETTLE.with(|settle| settle_on(promise, settle.as_ref(), id as u32));
     Settled(slot)
+}
+
+// One crossing per await: the promise's two callbacks are made in JavaScript (plain
+// arrows around `settle`), not bound from Rust one call at a time.
+#[wasm_bindgen(
+    inline_js = "export function settle_on(p, settle, id) { p.then((v) => settle(id, true, v), (e) => settle(id, false, e)); }"
+)]
+extern "C" {
+    fn settle_on(promise: &js_sys::Promise, settle: &JsValue, id: u32);
 }
 
 #[wasm_bindgen]

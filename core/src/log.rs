@@ -12,7 +12,8 @@
 //! log line unless it is passed as an id that looks like one of Stripe's, and
 //! [`looks_like_id`] refuses secret prefixes.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use crate::ports::{Level, Sink};
 
@@ -20,7 +21,18 @@ use crate::ports::{Level, Sink};
 pub struct Line {
     level: Level,
     msg: &'static str,
-    fields: Map<String, Value>,
+    /// Each key once (a later value replaces an earlier one), in the order first set;
+    /// written in key order. A list rather than a map of JSON values: every delivery
+    /// writes one line, and the map and its copy cost allocations per field.
+    fields: Vec<(&'static str, Field)>,
+}
+
+#[derive(Debug, Clone)]
+enum Field {
+    Text(Cow<'static, str>),
+    Num(u64),
+    Flag(bool),
+    List(Vec<String>),
 }
 
 impl Line {
@@ -28,7 +40,7 @@ impl Line {
         Self {
             level,
             msg,
-            fields: Map::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -53,13 +65,20 @@ impl Line {
     }
 
     /// An identifier (event id, session id, step name, event type, setting name).
-    pub fn id(mut self, key: &'static str, value: &str) -> Self {
+    pub fn id(self, key: &'static str, value: &str) -> Self {
         let safe = if looks_like_id(value) {
-            value
+            Cow::Owned(value.to_owned())
         } else {
-            "[redacted]"
+            Cow::Borrowed("[redacted]")
         };
-        self.fields.insert(key.into(), safe.into());
+        self.set(key, Field::Text(safe))
+    }
+
+    fn set(mut self, key: &'static str, value: Field) -> Self {
+        match self.fields.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.fields.push((key, value)),
+        }
         self
     }
 
@@ -72,55 +91,92 @@ impl Line {
     }
 
     /// A fixed label written in the code.
-    pub fn label(mut self, key: &'static str, value: &'static str) -> Self {
-        self.fields.insert(key.into(), value.into());
-        self
+    pub fn label(self, key: &'static str, value: &'static str) -> Self {
+        self.set(key, Field::Text(Cow::Borrowed(value)))
     }
 
     /// Free text (an error description): redacted before it is kept.
-    pub fn text(mut self, key: &'static str, value: &str) -> Self {
-        self.fields.insert(key.into(), redact(value).into());
-        self
+    pub fn text(self, key: &'static str, value: &str) -> Self {
+        self.set(key, Field::Text(Cow::Owned(redact(value))))
     }
 
-    pub fn num(mut self, key: &'static str, value: u64) -> Self {
-        self.fields.insert(key.into(), value.into());
-        self
+    pub fn num(self, key: &'static str, value: u64) -> Self {
+        self.set(key, Field::Num(value))
     }
 
-    pub fn flag(mut self, key: &'static str, value: bool) -> Self {
-        self.fields.insert(key.into(), value.into());
-        self
+    pub fn flag(self, key: &'static str, value: bool) -> Self {
+        self.set(key, Field::Flag(value))
     }
 
     /// A list of identifiers, e.g. the names of settings that are missing.
-    pub fn ids(mut self, key: &'static str, values: &[&str]) -> Self {
-        let safe: Vec<Value> = values
+    pub fn ids(self, key: &'static str, values: &[&str]) -> Self {
+        let safe: Vec<String> = values
             .iter()
-            .map(|v| if looks_like_id(v) { *v } else { "[redacted]" }.into())
+            .map(|v| if looks_like_id(v) { *v } else { "[redacted]" }.to_owned())
             .collect();
-        self.fields.insert(key.into(), Value::Array(safe));
-        self
+        self.set(key, Field::List(safe))
     }
 
     /// `level` and `msg` first, so a line reads well in a terminal; the other fields
     /// follow in key order.
     pub fn to_json(&self) -> String {
-        let head = format!(
-            r#"{{"level":"{}","msg":{}"#,
-            self.level.as_str(),
-            Value::from(self.msg)
-        );
-        if self.fields.is_empty() {
-            return head + "}";
+        let mut out = String::with_capacity(64 + 48 * self.fields.len());
+        out.push_str(r#"{"level":"#);
+        push_str(&mut out, self.level.as_str());
+        out.push_str(r#","msg":"#);
+        push_str(&mut out, self.msg);
+        let mut order: Vec<&(&'static str, Field)> = self.fields.iter().collect();
+        order.sort_unstable_by_key(|(key, _)| *key);
+        for (key, value) in order {
+            out.push(',');
+            push_str(&mut out, key);
+            out.push(':');
+            match value {
+                Field::Text(text) => push_str(&mut out, text),
+                Field::Num(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Field::Flag(b) => out.push_str(if *b { "true" } else { "false" }),
+                Field::List(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        push_str(&mut out, item);
+                    }
+                    out.push(']');
+                }
+            }
         }
-        let rest = Value::Object(self.fields.clone()).to_string();
-        format!("{head},{}", &rest[1..])
+        out.push('}');
+        out
     }
 
     pub fn emit(&self, sink: &impl Sink) {
         sink.emit(self.level, &self.to_json());
     }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it.
+fn push_str(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Prefixes of credentials that must never pass as an identifier.
@@ -181,6 +237,33 @@ fn is_sensitive_word(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    proptest! {
+        /// Strings are escaped as serde_json escapes them, so every line reads back.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(text in any::<String>()) {
+            let mut out = String::new();
+            push_str(&mut out, &text);
+            prop_assert_eq!(out, serde_json::to_string(&text).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_key_set_twice_keeps_the_last_value_and_keys_come_in_order() {
+        let line = Line::warn("m")
+            .label("status", "a")
+            .num("b", 1)
+            .flag("a", true)
+            .ids("c", &["x", "sk_live_1"])
+            .label("status", "refused")
+            .to_json();
+        assert_eq!(
+            line,
+            r#"{"level":"warn","msg":"m","a":true,"b":1,"c":["x","[redacted]"],"status":"refused"}"#
+        );
+    }
 
     #[test]
     fn a_line_is_one_json_object_with_level_and_msg() {

@@ -127,8 +127,7 @@ pub fn decode(body: &[u8]) -> Result<Event<'_>, EventError> {
         .filter(|s| !s.is_empty())
         .ok_or(EventError::MissingField("type"))?;
     let object = raw.data.and_then(|d| d.object);
-    let object_id = object
-        .and_then(object_id);
+    let object_id = object.and_then(object_id);
     storable(
         &id,
         &kind,
@@ -350,7 +349,10 @@ mod tests {
                 .unwrap()
                 .object_id
         };
-        assert_eq!(id_of(r#"{"id":"pi_1","object":"payment_intent"}"#).as_deref(), Some("pi_1"));
+        assert_eq!(
+            id_of(r#"{"id":"pi_1","object":"payment_intent"}"#).as_deref(),
+            Some("pi_1")
+        );
         // After other fields, nested objects and an "id" inside one of them.
         assert_eq!(
             id_of(r#"{"object":"charge","meta":{"id":"inner"},"list":[1,{"id":2}],"id":"ch_1"}"#)
@@ -358,7 +360,10 @@ mod tests {
             Some("ch_1")
         );
         // An escaped key still counts; the first "id" wins.
-        assert_eq!(id_of(r#"{"id":"pi_2","id":"pi_3"}"#).as_deref(), Some("pi_2"));
+        assert_eq!(
+            id_of(r#"{"id":"pi_2","id":"pi_3"}"#).as_deref(),
+            Some("pi_2")
+        );
         // No id, an id that is not a string, an object that is not an object.
         assert_eq!(id_of(r#"{"object":"balance"}"#), None);
         assert_eq!(id_of(r#"{"id":42}"#), None);
