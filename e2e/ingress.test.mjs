@@ -316,9 +316,9 @@ describe('ingress', { timeout: 240_000 }, () => {
       }
     });
 
-    // From 4 KiB the Worker hashes with SubtleCrypto (src/subtle.rs), below in
+    // From 1 KiB the Worker hashes with SubtleCrypto (src/subtle.rs MIN_BYTES), below in
     // Rust: both sides of the threshold must accept, refuse and rotate alike.
-    for (const size of [4 * 1024 - 1, 4 * 1024, 60 * 1024]) {
+    for (const size of [1024 - 1, 1024, 60 * 1024]) {
       test(`a ${size}-byte body verifies like any other: both secrets, tampering, wrong secret, stale`, async () => {
         for (const secret of [OLD_SECRET, NEW_SECRET]) {
           const { evt, payload } = eventOfSize(size);
