@@ -16,12 +16,10 @@
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
-import Stripe from 'stripe';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+import { COMPAT_DATE, D1_FLOOR, FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
 const BUILDS = (process.env.BUILDS ?? 'build').split(',');
 const SIZE_KB = Number(process.env.SIZE_KB ?? 1);
 const ROUNDS = Number(process.env.ROUNDS ?? 12);
@@ -29,33 +27,12 @@ const DELIVERIES = Number(process.env.DELIVERIES ?? 200);
 const WARMUP = Number(process.env.WARMUP ?? 200);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
 const SETS = Number(process.env.SETS ?? 3);
-const SECRET = 'whsec_bench_workers_secret';
-const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
-const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
-  .map((f) => readFileSync(path.join(ROOT, 'migrations', f), 'utf8'));
-const INSERT = 'INSERT INTO events (id, type, livemode, api_version, created, object_id, disposition, received_at) '
-  + 'VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id';
 
 /** The Miniflare options of one entry of BUILDS (or of the reference). */
 function workerOf(name) {
   if (name === 'js') return { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') };
-  if (name === 'floor') {
-    return { modules: true, script: 'export default { async fetch(request) { const body = await request.arrayBuffer(); return Response.json({ received: true, bytes: body.byteLength }); } };' };
-  }
-  if (name === 'd1floor') {
-    return {
-      modules: true,
-      script: `const INSERT = ${JSON.stringify(INSERT)};
-      export default { async fetch(request, env) {
-        const event = JSON.parse(await request.text());
-        const row = await env.DB.prepare(INSERT).bind(event.id, event.type, event.livemode ? 1 : 0,
-          event.api_version ?? null, event.created ?? null, event.data?.object?.id ?? null, 'ignored', Date.now()).first();
-        const status = row ? 'ignored' : 'duplicate';
-        console.log(JSON.stringify({ level: 'info', msg: 'webhook recorded', event_id: event.id, event_type: event.type, status }));
-        return Response.json({ received: true, event_id: event.id, status });
-      } };`,
-    };
-  }
+  if (name === 'floor') return FLOOR;
+  if (name === 'd1floor') return D1_FLOOR;
   const dir = path.resolve(ROOT, name);
   return {
     modulesRoot: dir,
@@ -89,18 +66,7 @@ function cpuSecs(pid) {
   return ns / 1e9;
 }
 
-let serial = 0;
-function deliveries(n) {
-  const now = Math.floor(Date.now() / 1000);
-  return Array.from({ length: n }, () => {
-    serial += 1;
-    const id = `evt_ab_${process.pid}_${serial}`;
-    const head = `{"id":"${id}","object":"event","type":"payment_intent.created","livemode":false,"api_version":"2025-03-31.basil","created":${now},"data":{"object":{"id":"pi_ab_${serial}","object":"payment_intent","amount":2000,"currency":"usd","description":"`;
-    const tail = '"}}}';
-    const payload = head + 'x'.repeat(Math.max(0, SIZE_KB * 1024 - head.length - tail.length)) + tail;
-    return { payload, header: Stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET, timestamp: now }) };
-  });
-}
+const deliveries = (n) => signed(n, SIZE_KB, 'ab');
 
 /** Sends `batch` at CONCURRENCY; the worker's CPU per delivery, in ms. */
 async function load(w, batch) {
@@ -142,11 +108,7 @@ try {
       live.push(mf);
       const url = await mf.ready;
       const db = await mf.getD1Database('DB');
-      for (const sql of MIGRATIONS) {
-        for (const s of sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((x) => x.trim()).filter(Boolean)) {
-          await db.prepare(s).run();
-        }
-      }
+      await migrate(db);
       workers.push({ name, mf, url, pid: childWorkerd(before), cpu: [] });
     }
     for (const w of workers) await load(w, deliveries(WARMUP));

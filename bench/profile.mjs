@@ -23,13 +23,12 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
-import Stripe from 'stripe';
 import WebSocket from 'ws';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+import { COMPAT_DATE, D1_FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
+
 const WORKER = process.env.WORKER ?? 'rust';
 const BUILD_DIR = path.resolve(ROOT, process.env.BUILD_DIR ?? 'build');
 const SIZE_KB = Number(process.env.SIZE_KB ?? 1);
@@ -44,13 +43,7 @@ const OUT = process.env.OUT;
 // time: every isolate runs on workerd's one thread, and two profilers sampling it at
 // once attribute each other's time.
 const TARGET = process.env.TARGET ?? `user:${WORKER}`;
-const SECRET = 'whsec_bench_workers_secret';
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
-const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
-  .map((f) => readFileSync(path.join(ROOT, 'migrations', f), 'utf8'));
-const INSERT = 'INSERT INTO events (id, type, livemode, api_version, created, object_id, disposition, received_at) '
-  + 'VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id';
 
 // The same Workers as bench/workers.mjs.
 const WORKERS = {
@@ -64,33 +57,10 @@ const WORKERS = {
     ],
   },
   js: { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') },
-  d1floor: {
-    modules: true,
-    script: `const INSERT = ${JSON.stringify(INSERT)};
-    export default { async fetch(request, env) {
-      const event = JSON.parse(await request.text());
-      const row = await env.DB.prepare(INSERT).bind(event.id, event.type, event.livemode ? 1 : 0,
-        event.api_version ?? null, event.created ?? null, event.data?.object?.id ?? null, 'ignored', Date.now()).first();
-      const status = row ? 'ignored' : 'duplicate';
-      console.log(JSON.stringify({ level: 'info', msg: 'webhook recorded', event_id: event.id, event_type: event.type, status }));
-      return Response.json({ received: true, event_id: event.id, status });
-    } };`,
-  },
+  d1floor: D1_FLOOR,
 };
 
-let serial = 0;
-function deliveries(n, kb) {
-  const now = Math.floor(Date.now() / 1000);
-  return Array.from({ length: n }, () => {
-    serial += 1;
-    const id = `evt_profile_${process.pid}_${serial}`;
-    const head = `{"id":"${id}","object":"event","type":"payment_intent.created","livemode":false,"api_version":"2025-03-31.basil","created":${now},"data":{"object":{"id":"pi_profile_${serial}","object":"payment_intent","amount":2000,"currency":"usd","description":"`;
-    const tail = '"}}}';
-    const payload = head + 'x'.repeat(Math.max(0, kb * 1024 - head.length - tail.length)) + tail;
-    const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET, timestamp: now });
-    return { payload, header };
-  });
-}
+const deliveries = (n, kb) => signed(n, kb, 'profile');
 
 async function post(url, { payload, header }) {
   const res = await fetch(new URL('/webhooks/stripe', url), {
@@ -210,11 +180,7 @@ async function main() {
   try {
     const url = await mf.ready;
     const db = await mf.getD1Database('DB');
-    for (const sql of MIGRATIONS) {
-      for (const s of sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((x) => x.trim()).filter(Boolean)) {
-        await db.prepare(s).run();
-      }
-    }
+    await migrate(db);
     const pid = workerdPid(before);
     await load(url, deliveries(WARMUP, SIZE_KB));
 

@@ -28,14 +28,13 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
 
 import { startWorker } from '../e2e/support/worker.mjs';
 import Stripe from 'stripe';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+import { COMPAT_DATE, D1_FLOOR, FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
 const INSTANCES = Number(process.env.INSTANCES ?? 3);
 const ROUNDS = Number(process.env.ROUNDS ?? 6);
 const DELIVERIES = Number(process.env.DELIVERIES ?? 300);
@@ -45,12 +44,7 @@ const SIZES_KB = (process.env.SIZES_KB ?? '1,10,100').split(',').map(Number);
 const STARTUP_RUNS = Number(process.env.STARTUP_RUNS ?? 3);
 const WRANGLER_STARTUP = process.env.WRANGLER_STARTUP !== '0';
 const DEADLINE_S = Number(process.env.DEADLINE_S ?? 900);
-const SECRET = 'whsec_bench_workers_secret';
 const REQUEST_TIMEOUT_MS = 10_000;
-const COMPAT_DATE = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "(.+)"$/m)[1];
-
-const MIGRATIONS = readdirSync(path.join(ROOT, 'migrations')).filter((f) => f.endsWith('.sql')).sort()
-  .map((f) => readFileSync(path.join(ROOT, 'migrations', f), 'utf8'));
 
 const WORKERS = {
   rust: {
@@ -65,30 +59,8 @@ const WORKERS = {
     modules: true,
     scriptPath: path.join(ROOT, 'bench/.build/reference/index.js'),
   },
-  // The floor: reads the body (as both Workers do) and answers a small JSON, nothing else.
-  floor: {
-    modules: true,
-    script: `export default { async fetch(request) {
-      const body = await request.arrayBuffer();
-      return Response.json({ received: true, bytes: body.byteLength });
-    } };`,
-  },
-  // The D1 floor: the reference minus verification.
-  d1floor: {
-    modules: true,
-    script: `const INSERT = ${JSON.stringify(
-      'INSERT INTO events (id, type, livemode, api_version, created, object_id, disposition, received_at) '
-      + 'VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING RETURNING id',
-    )};
-    export default { async fetch(request, env) {
-      const event = JSON.parse(await request.text());
-      const row = await env.DB.prepare(INSERT).bind(event.id, event.type, event.livemode ? 1 : 0,
-        event.api_version ?? null, event.created ?? null, event.data?.object?.id ?? null, 'ignored', Date.now()).first();
-      const status = row ? 'ignored' : 'duplicate';
-      console.log(JSON.stringify({ level: 'info', msg: 'webhook recorded', event_id: event.id, event_type: event.type, status }));
-      return Response.json({ received: true, event_id: event.id, status });
-    } };`,
-  },
+  floor: FLOOR,
+  d1floor: D1_FLOOR,
 };
 const LABEL = { rust: 'Rust', js: 'JS', floor: 'floor: read body, answer 200', d1floor: 'D1 floor: JS reference without verification' };
 const FLOORS = new Set(['floor', 'd1floor']);
@@ -122,11 +94,6 @@ function rssMiB(pid) {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** Strips `--` comments and splits a migration into statements (none holds a `;` in a string). */
-function statements(sql) {
-  return sql.split('\n').map((l) => l.replace(/--.*$/, '')).join('\n').split(';').map((s) => s.trim()).filter(Boolean);
-}
-
 async function start(name, live) {
   const before = new Set(workerdPids());
   const t0 = performance.now();
@@ -148,7 +115,7 @@ async function start(name, live) {
   const url = await mf.ready;
   const ready = performance.now() - t0;
   const db = await mf.getD1Database('DB');
-  for (const sql of MIGRATIONS) for (const s of statements(sql)) await db.prepare(s).run();
+  await migrate(db);
   const [pid] = workerdPids().filter((p) => !before.has(p));
   if (!pid) throw new Error(`no workerd process found for ${name}`);
   // Startup: process start to the first 200 on a signed delivery (includes the migration).
@@ -172,20 +139,7 @@ async function checkIngress(name, url, delivered) {
   if (bad.status !== 400) throw new Error(`${name}: a forged delivery answered ${bad.status}: ${bad.text}`);
 }
 
-let serial = 0;
-/** `n` signed deliveries of about `kb` KB, each with a unique event id. */
-function deliveries(n, kb) {
-  const now = Math.floor(Date.now() / 1000);
-  return Array.from({ length: n }, () => {
-    serial += 1;
-    const id = `evt_bench_${process.pid}_${serial}`;
-    const head = `{"id":"${id}","object":"event","type":"payment_intent.created","livemode":false,"api_version":"2025-03-31.basil","created":${now},"data":{"object":{"id":"pi_bench_${serial}","object":"payment_intent","amount":2000,"currency":"usd","description":"`;
-    const tail = '"}}}';
-    const payload = head + 'x'.repeat(Math.max(0, kb * 1024 - head.length - tail.length)) + tail;
-    const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: SECRET, timestamp: now });
-    return { payload, header };
-  });
-}
+const deliveries = (n, kb) => signed(n, kb, 'bench');
 
 async function post(url, { payload, header }) {
   const res = await fetch(new URL('/webhooks/stripe', url), {

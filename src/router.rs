@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use stripe_edge_core::checkout::{self, CheckoutDeps, CheckoutRequest, Verb};
-
 use stripe_edge_core::http::webhook::Reply;
 use stripe_edge_core::http::{self, health};
 use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};

@@ -229,11 +229,8 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     // round trip (one transaction: a conflicting id opens nothing).
     if let (Disposition::Fulfil, Seen::Continue, Some(session)) = (disposition, seen, &session) {
         let purchase = plan::purchase(&event, session.clone(), config);
-        decision.verdict = match deliver(deps, &purchase, &record, started_ms, &mut decision).await
-        {
-            Ok(verdict) => verdict,
-            Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
-        };
+        let delivered = deliver(deps, &purchase, &record, started_ms, &mut decision).await;
+        decision.verdict = verdict_of(delivered);
         return decision;
     }
     let claim = match deps.ledger.claim_event(&record).await {
@@ -252,7 +249,7 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         return decision;
     }
     if let (Some(money_back), false) = (&money_back, disposition == Disposition::LivemodeMismatch) {
-        decision.verdict = match apart(reverse(
+        let reversed = apart(reverse(
             deps,
             &event,
             money_back,
@@ -260,14 +257,11 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             started_ms,
             &mut decision,
         ))
-        .await
-        {
-            Ok(verdict) => verdict,
-            Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
-        };
+        .await;
+        decision.verdict = verdict_of(reversed);
         return decision;
     }
-    decision.verdict = match act(
+    let acted = act(
         deps,
         &event,
         session,
@@ -276,12 +270,14 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         started_ms,
         &mut decision,
     )
-    .await
-    {
-        Ok(verdict) => verdict,
-        Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
-    };
+    .await;
+    decision.verdict = verdict_of(acted);
     decision
+}
+
+/// A ledger that failed mid-way refuses the delivery as unavailable (Stripe retries).
+fn verdict_of(outcome: Result<Verdict, LedgerError>) -> Verdict {
+    outcome.unwrap_or_else(|e| Verdict::Refused(Refusal::Unavailable(e)))
 }
 
 fn record(event: &Event<'_>, disposition: Disposition, now_ms: u64) -> EventRecord {
