@@ -14,13 +14,16 @@
 // the other (a process keeps its layout and JIT state for life, which moves its CPU by a
 // few percent from one process to the next); each set is warmed with WARMUP deliveries
 // per Worker (the Rust Worker's wasm tiers up over its first ~1,000), then runs ROUNDS
-// alternating rounds. The ratio the goal reads, "CPU per delivery Rust ÷ JS", is the
+// alternating rounds. Before its warm-up, each set's Rust and JS Workers take their first
+// COLD deliveries, measured alone: a new isolate's cost, the regime of a production isolate
+// that sees a few webhooks (V8 runs wasm in its baseline tier until a function has run a
+// while). The ratio the goal reads, "CPU per delivery Rust ÷ JS", is the
 // median of the per-round ratios over every set: each round runs the reference right
 // beside the Rust Worker, so the machine's load, which moves from round to round here,
 // divides out.
 //
 // Run: bash bench/workers.sh   (builds both, then this file). Knobs: INSTANCES (3),
-// ROUNDS per instance (6), DELIVERIES per round and size (300), WARMUP (800),
+// ROUNDS per instance (6), DELIVERIES per round and size (300), WARMUP (800), COLD (300),
 // CONCURRENCY (8), SIZES_KB (1,10,100), STARTUP_RUNS (3), WRANGLER_STARTUP (1; 0 skips
 // the wrangler dev startup),
 // DEADLINE_S (900: the whole run gives up, and stops everything it started, after it).
@@ -39,6 +42,7 @@ const INSTANCES = Number(process.env.INSTANCES ?? 3);
 const ROUNDS = Number(process.env.ROUNDS ?? 6);
 const DELIVERIES = Number(process.env.DELIVERIES ?? 300);
 const WARMUP = Number(process.env.WARMUP ?? 800);
+const COLD = Number(process.env.COLD ?? 300);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
 const SIZES_KB = (process.env.SIZES_KB ?? '1,10,100').split(',').map(Number);
 const STARTUP_RUNS = Number(process.env.STARTUP_RUNS ?? 3);
@@ -248,6 +252,7 @@ async function main() {
     const summary = [];
     for (const kb of SIZES_KB) {
       const results = { rust: [], js: [], floor: [], d1floor: [] };
+      const cold = { rust: [], js: [] };
       let last = [];
       for (let instance = 0; instance < INSTANCES; instance += 1) {
         // Fresh processes for every set: a workerd process keeps its own layout and JIT
@@ -258,6 +263,13 @@ async function main() {
         const workers = [];
         for (const name of names) workers.push(await start(name, live));
         // Warm-up: JIT and Liftoff→TurboFan tier-up, D1 statement cache.
+        // A new isolate: the first COLD deliveries after the startup check, one Worker at
+        // a time, alternating which goes first.
+        const first = instance % 2 === 0 ? ['rust', 'js'] : ['js', 'rust'];
+        for (const name of first) {
+          const w = workers.find((x) => x.name === name);
+          cold[name].push(await load(w, deliveries(COLD, kb)));
+        }
         for (const w of workers) await load(w, deliveries(WARMUP, kb));
         for (let r = 0; r < ROUNDS; r += 1) {
           const order = r % 2 === 0 ? workers : workers.slice().reverse();
@@ -267,7 +279,7 @@ async function main() {
         // redelivery and the forged delivery of checkIngress add no row).
         for (const w of workers.filter((x) => x.name !== 'floor')) {
           const { results: [{ n }] } = await w.db.prepare('SELECT COUNT(*) AS n FROM events').all();
-          const expected = 1 + WARMUP + ROUNDS * DELIVERIES;
+          const expected = 1 + (FLOORS.has(w.name) ? 0 : COLD) + WARMUP + ROUNDS * DELIVERIES;
           if (n !== expected) throw new Error(`${w.name}: ${n} events in D1, expected ${expected}`);
         }
         last = workers.map((w) => ({ name: w.name, rss: rssMiB(w.pid) }));
@@ -295,7 +307,7 @@ async function main() {
         const aboveD1 = FLOORS.has(name) ? '' : `${(m.cpu - row.d1floor.cpu).toFixed(3)}`;
         console.log(`| ${kb} KB | ${LABEL[name]} | ${m.rps.toFixed(0)} | ${m.p50.toFixed(2)} ms | ${m.p99.toFixed(2)} ms | ${m.cpu.toFixed(3)} | ${above} | ${aboveD1} | ${rss.toFixed(0)} MiB |`);
       }
-      summary.push({ kb, ...row });
+      summary.push({ kb, ...row, cold });
     }
     const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(2)}×` : 'n/a');
     console.log(`\n| body | req/s Rust ÷ JS (>1: Rust faster) | p50 Rust ÷ JS (<1: Rust faster) | p99 Rust ÷ JS | **CPU per delivery Rust ÷ JS** (<1: Rust cheaper; median of the ${INSTANCES * ROUNDS} per-round ratios) | each set's median | CPU above the floor Rust ÷ JS | CPU Rust − JS (ms per delivery) |`);
@@ -305,6 +317,13 @@ async function main() {
       const paired = rust.perRound.map((c, i) => c / js.perRound[i]);
       const sets = Array.from({ length: INSTANCES }, (_, i) => `${median(paired.slice(i * ROUNDS, (i + 1) * ROUNDS)).toFixed(2)}×`);
       console.log(`| ${kb} KB | ${ratio(rust.rps, js.rps)} | ${ratio(rust.p50, js.p50)} | ${ratio(rust.p99, js.p99)} | **${median(paired).toFixed(2)}×** | ${sets.join(' / ')} | ${ratio(rust.cpu - f.cpu, js.cpu - f.cpu)} | ${(rust.cpu - js.cpu).toFixed(3)} |`);
+    }
+    console.log(`\n| body | a new isolate's first ${COLD} deliveries: CPU per delivery Rust ÷ JS (median of the sets) | each set | Rust, ms per delivery (median) | JS |`);
+    console.log('|---|---|---|---|---|');
+    for (const { kb, cold } of summary) {
+      const perSet = cold.rust.map((r, i) => r.cpu / cold.js[i].cpu);
+      const ms = (runs) => median(runs.map((x) => (x.cpu / COLD) * 1000)).toFixed(3);
+      console.log(`| ${kb} KB | **${median(perSet).toFixed(2)}×** | ${perSet.map((x) => `${x.toFixed(2)}×`).join(' / ')} | ${ms(cold.rust)} | ${ms(cold.js)} |`);
     }
     console.log('\nD1 holds exactly one row per delivery for both Workers; both answered a redelivery 200 "duplicate" and a forged one 400.');
     console.log(`Total ${((performance.now() - t0) / 1000).toFixed(0)} s.`);
