@@ -28,27 +28,21 @@ fn json_headers() -> Result<Headers> {
 
 /// A JSON reply (webhook, health, ops), never cached.
 pub fn json(reply: Reply) -> Result<Response> {
-    if reply.status == 200 && reply.allow.is_none() {
-        if let Some(init) = JSON_200.with(Clone::clone) {
-            let body = reply.body.to_string();
-            return Ok(Response::new_with_opt_str_and_init(Some(&body), &init)?);
-        }
-    }
-    let headers = match reply.allow {
-        None => JSON_HEADERS.with(Clone::clone),
-        Some(_) => None,
-    };
-    let headers = match headers {
-        Some(headers) => headers,
-        None => {
-            let headers = json_headers()?;
-            if let Some(allow) = reply.allow {
-                headers.set("allow", allow)?;
+    let body = reply.body.to_string();
+    let Some(allow) = reply.allow else {
+        if reply.status == 200 {
+            if let Some(init) = JSON_200.with(Clone::clone) {
+                return Ok(Response::new_with_opt_str_and_init(Some(&body), &init)?);
             }
-            headers
         }
+        let headers = JSON_HEADERS
+            .with(Clone::clone)
+            .map_or_else(json_headers, Ok)?;
+        return respond(reply.status, Some(&body), &headers);
     };
-    respond(reply.status, Some(&reply.body.to_string()), &headers)
+    let headers = json_headers()?;
+    headers.set("allow", allow)?;
+    respond(reply.status, Some(&body), &headers)
 }
 
 /// A browser-facing reply (`/checkout`, `/orders/{id}`): JSON (never cached) or an

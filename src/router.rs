@@ -120,7 +120,7 @@ async fn webhook(raw: web_sys::Request, env: Env, started: u64) -> Result<Respon
     } else {
         read_capped(&raw, config.max_body_bytes)
             .await?
-            .map(subtle::Body::plain)
+            .map(|bytes| subtle::Body::plain(signature.as_deref(), bytes))
     };
     response::json(deliver(&env, config, signature.as_deref(), body, started).await)
 }
@@ -137,7 +137,7 @@ async fn deliver(
     let Some(body) = body.filter(|b| b.bytes().len() as u64 <= config.max_body_bytes) else {
         return logged(too_large(&config), started, 0);
     };
-    let tags = subtle::tags(&config.webhook_secrets, signature, &body).await;
+    let tags = subtle::tags(&config.webhook_secrets, &body).await;
     let delivery = Delivery {
         signature,
         body: body.bytes(),

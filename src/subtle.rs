@@ -28,43 +28,48 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A delivery's body in wasm memory, with room in front of it for what SubtleCrypto signs
-/// before the body (the header's timestamp text and `.`), so that a large body is not
-/// copied a second time to be signed.
+/// A delivery's body in wasm memory. When SubtleCrypto will sign it (from [`MIN_BYTES`],
+/// with a readable header), the header's timestamp text and `.` come first in the same
+/// buffer, so that the body is not copied a second time to be signed.
 pub struct Body {
     buf: Vec<u8>,
-    /// Where the body starts in `buf`; `buf[..start]` is the signed prefix, when there.
+    /// Where the body starts in `buf`; `buf[..start]` is the signed prefix (0: none, the
+    /// Rust HMAC verifies).
     start: usize,
 }
 
 impl Body {
-    /// A body read as it is (the fetch handler's path): signing it copies it.
-    pub fn plain(bytes: Vec<u8>) -> Self {
-        Self {
-            buf: bytes,
-            start: 0,
+    /// The signed prefix (`t` as the SDK prints it, then `.`) of a body of `len` bytes
+    /// under `header`, when SubtleCrypto is to sign it.
+    fn prefix(header: Option<&str>, len: usize) -> Option<String> {
+        let header = signature::parse_header(header.filter(|_| len >= MIN_BYTES)?).ok()?;
+        Some(header.timestamp_text + ".")
+    }
+
+    /// A body read from the stream (no `Content-Length`): moved as it is, or copied once
+    /// behind its prefix.
+    pub fn plain(header: Option<&str>, bytes: Vec<u8>) -> Self {
+        match Self::prefix(header, bytes.len()) {
+            None => Self {
+                buf: bytes,
+                start: 0,
+            },
+            Some(prefix) => {
+                let mut buf = prefix.into_bytes();
+                let start = buf.len();
+                buf.extend_from_slice(&bytes);
+                Self { buf, start }
+            }
         }
     }
 
-    /// Copies a body from JavaScript into wasm: after the signed prefix when it will be
-    /// signed by SubtleCrypto (see [`tags`]), as it is otherwise.
+    /// Copies a body from JavaScript into wasm, behind its prefix when it has one.
     pub fn read(header: Option<&str>, bytes: &Uint8Array) -> Self {
         let len = bytes.length() as usize;
-        let prefix = header
-            .filter(|_| len >= MIN_BYTES)
-            .and_then(|h| signature::parse_header(h).ok())
-            .map(|h| h.timestamp_text);
-        let prefix = prefix.as_deref().unwrap_or("");
-        let start = if prefix.is_empty() {
-            0
-        } else {
-            prefix.len() + 1
-        };
+        let prefix = Self::prefix(header, len).unwrap_or_default();
+        let start = prefix.len();
         let mut buf = Vec::with_capacity(start + len);
-        if start > 0 {
-            buf.extend_from_slice(prefix.as_bytes());
-            buf.push(b'.');
-        }
+        buf.extend_from_slice(prefix.as_bytes());
         // Straight into the spare capacity: zero-filling it first cost as much as the copy.
         bytes.copy_to_uninit(&mut buf.spare_capacity_mut()[..len]);
         // SAFETY: `copy_to_uninit` initialised the `len` bytes after the first `start`.
@@ -77,35 +82,18 @@ impl Body {
     }
 }
 
-/// The tags of the header's timestamp and the body under each secret, in order; `None`
-/// when the body is small, the header unreadable (the verifier reports why), or
+/// The tags of the signed prefix and the body under each secret, in order; `None` when
+/// the body has no prefix (small, or the header unreadable: the verifier reports why) or
 /// SubtleCrypto failed.
-pub async fn tags(secrets: &[Secret], header: Option<&str>, body: &Body) -> Option<Vec<Tag>> {
-    let bytes = body.bytes();
-    if bytes.len() < MIN_BYTES {
+pub async fn tags(secrets: &[Secret], body: &Body) -> Option<Vec<Tag>> {
+    if body.start == 0 {
         return None;
     }
-    let header = signature::parse_header(header?).ok()?;
     // SubtleCrypto signs one buffer: `t.` then the raw bytes, as Stripe signed them.
-    let prefix_len = header.timestamp_text.len() + 1;
-    let copied;
-    let signed = match body.buf.get(..body.start) {
-        Some(p) if p.len() == prefix_len && p.starts_with(header.timestamp_text.as_bytes()) => {
-            &body.buf[..]
-        }
-        _ => {
-            let mut buf = Vec::with_capacity(prefix_len + bytes.len());
-            buf.extend_from_slice(header.timestamp_text.as_bytes());
-            buf.push(b'.');
-            buf.extend_from_slice(bytes);
-            copied = buf;
-            &copied[..]
-        }
-    };
     let subtle = subtle().ok()?;
     let mut tags = Vec::with_capacity(secrets.len());
     for secret in secrets {
-        tags.push(sign(&subtle, secret.as_ref(), signed).await.ok()?);
+        tags.push(sign(&subtle, secret.as_ref(), &body.buf).await.ok()?);
     }
     Some(tags)
 }
