@@ -10,7 +10,8 @@
 //   cp -r build /tmp/before && <change> && bash scripts/build.sh
 //   BUILDS=/tmp/before,build node bench/ab.mjs
 // Knobs: BUILDS (comma-separated build directories; `floor` and `d1floor` add those
-// Workers), SIZE_KB (1), SETS (3), ROUNDS per set (12), DELIVERIES per round (200),
+// Workers; a path ending in `.js` runs that bundled JavaScript Worker, e.g. a copy of
+// bench/.build/reference/index.js that does one step several times), SIZE_KB (1), SETS (3), ROUNDS per set (12), DELIVERIES per round (200),
 // WARMUP (200), CONCURRENCY (8).
 
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
@@ -33,6 +34,8 @@ function workerOf(name) {
   if (name === 'js') return { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') };
   if (name === 'floor') return FLOOR;
   if (name === 'd1floor') return D1_FLOOR;
+  // A bundled JavaScript Worker of its own (a variant of the reference, say).
+  if (name.endsWith('.js')) return { modules: true, scriptPath: path.resolve(ROOT, name) };
   const dir = path.resolve(ROOT, name);
   return {
     modulesRoot: dir,

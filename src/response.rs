@@ -28,7 +28,7 @@ fn json_headers() -> Result<Headers> {
 
 /// A JSON reply (webhook, health, ops), never cached.
 pub fn json(reply: Reply) -> Result<Response> {
-    let body = reply.body.to_string();
+    let body = reply.body;
     let Some(allow) = reply.allow else {
         if reply.status == 200 {
             if let Some(init) = JSON_200.with(Clone::clone) {

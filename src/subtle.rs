@@ -11,9 +11,10 @@
 //! verifier, and native tests exercise it. Any JavaScript error returns `None` and the
 //! delivery is verified in Rust instead: this is an optimisation, never a second opinion.
 
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::js_sys::{Array, Object, Reflect, Uint8Array};
+use worker::js_sys::{Array, JsString, Object, Promise, Reflect, Uint8Array};
 
 use stripe_edge_core::settings::Secret;
 use stripe_edge_core::stripe::signature::{self, Tag};
@@ -22,6 +23,10 @@ use stripe_edge_core::stripe::signature::{self, Tag};
 pub const MIN_BYTES: usize = 1024;
 
 thread_local! {
+    /// `globalThis.crypto.subtle` (`None`: none, the Rust HMAC verifies) and the
+    /// algorithm's name, looked up once per isolate rather than per delivery.
+    static SUBTLE: Option<web_sys::SubtleCrypto> = subtle().ok();
+    static HMAC: JsString = JsString::from("HMAC");
     /// Imported HMAC keys, per secret: the settings live as long as the isolate, and
     /// importing costs a promise round trip per secret and delivery.
     static KEYS: std::cell::RefCell<Vec<(Vec<u8>, web_sys::CryptoKey)>> =
@@ -90,12 +95,26 @@ pub async fn tags(secrets: &[Secret], body: &Body) -> Option<Vec<Tag>> {
         return None;
     }
     // SubtleCrypto signs one buffer: `t.` then the raw bytes, as Stripe signed them.
-    let subtle = subtle().ok()?;
+    let subtle = SUBTLE.with(Clone::clone)?;
     let mut tags = Vec::with_capacity(secrets.len());
     for secret in secrets {
         tags.push(sign(&subtle, secret.as_ref(), &body.buf).await.ok()?);
     }
     Some(tags)
+}
+
+#[wasm_bindgen]
+extern "C" {
+    type Subtle;
+    /// `subtle.sign(algorithm, key, data)` with the algorithm's name already in
+    /// JavaScript; `data` is passed as a view of wasm memory, not copied.
+    #[wasm_bindgen(method, catch, js_name = sign)]
+    fn sign_named(
+        this: &Subtle,
+        algorithm: &JsString,
+        key: &web_sys::CryptoKey,
+        data: &[u8],
+    ) -> Result<Promise, JsValue>;
 }
 
 /// `globalThis.crypto.subtle`. Read by name: workerd's global is not an instance of
@@ -110,8 +129,12 @@ fn subtle() -> Result<web_sys::SubtleCrypto, JsValue> {
 
 async fn sign(subtle: &web_sys::SubtleCrypto, secret: &[u8], data: &[u8]) -> Result<Tag, JsValue> {
     let key = key(subtle, secret).await?;
-    let mac =
-        crate::settle::settled(&subtle.sign_with_str_and_u8_array("HMAC", &key, data)?).await?;
+    let sign = HMAC.with(|hmac| {
+        subtle
+            .unchecked_ref::<Subtle>()
+            .sign_named(hmac, &key, data)
+    })?;
+    let mac = crate::settle::settled(&sign).await?;
     // An ArrayBuffer of 32 bytes.
     let mac = Uint8Array::new(&mac);
     let mut tag = [0u8; 32];

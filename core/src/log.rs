@@ -122,17 +122,17 @@ impl Line {
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(64 + 48 * self.fields.len());
         out.push_str(r#"{"level":"#);
-        push_str(&mut out, self.level.as_str());
+        push_json_string(&mut out, self.level.as_str());
         out.push_str(r#","msg":"#);
-        push_str(&mut out, self.msg);
+        push_json_string(&mut out, self.msg);
         let mut order: Vec<&(&'static str, Field)> = self.fields.iter().collect();
         order.sort_unstable_by_key(|(key, _)| *key);
         for (key, value) in order {
             out.push(',');
-            push_str(&mut out, key);
+            push_json_string(&mut out, key);
             out.push(':');
             match value {
-                Field::Text(text) => push_str(&mut out, text),
+                Field::Text(text) => push_json_string(&mut out, text),
                 Field::Num(n) => {
                     let _ = write!(out, "{n}");
                 }
@@ -143,7 +143,7 @@ impl Line {
                         if i > 0 {
                             out.push(',');
                         }
-                        push_str(&mut out, item);
+                        push_json_string(&mut out, item);
                     }
                     out.push(']');
                 }
@@ -159,7 +159,7 @@ impl Line {
 }
 
 /// `text` as a JSON string, escaped as serde_json escapes it.
-fn push_str(out: &mut String, text: &str) {
+pub(crate) fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {
@@ -245,7 +245,7 @@ mod tests {
         #[test]
         fn strings_are_written_as_serde_json_writes_them(text in any::<String>()) {
             let mut out = String::new();
-            push_str(&mut out, &text);
+            push_json_string(&mut out, &text);
             prop_assert_eq!(out, serde_json::to_string(&text).unwrap());
         }
     }

@@ -562,7 +562,7 @@ fn the_ops_lookup_shows_the_reversed_state_its_take_backs_and_the_reversals() {
         let (answer, line) = block_on(crate::ops::handle(&world.deps(), call, NOW_MS));
         let (reply, _) = crate::http::ops::respond(answer, line, 0);
         assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.body
+        reply.value()
     };
     let body = lookup("/admin/purchases/cs_1", None);
     assert_eq!(body["purchase"]["state"], "refunded");

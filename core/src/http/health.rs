@@ -16,9 +16,9 @@ pub fn healthz(config: &Config, database_ok: bool) -> Reply {
         && missing.is_empty()
         && invalid.is_empty()
         && database_ok;
-    Reply {
-        status: 200,
-        body: json!({
+    Reply::json(
+        200,
+        json!({
             "ok": ok,
             "service": "stripe-edge",
             "database": if database_ok { "ok" } else { "unavailable" },
@@ -28,8 +28,7 @@ pub fn healthz(config: &Config, database_ok: bool) -> Reply {
             // POST /checkout sells only what PRODUCTS lists: 0 = checkout is off.
             "checkout_products": config.checkout.products.as_ref().map_or(0, |c| c.len()),
         }),
-        allow: None,
-    }
+    )
 }
 
 /// The log line of configuration problems, once per isolate.
@@ -56,8 +55,8 @@ mod tests {
             _ => None,
         });
         let reply = healthz(&config, true);
-        let text = reply.body.to_string();
-        assert_eq!(reply.body["ok"], false);
+        let text = reply.body.clone();
+        assert_eq!(reply.value()["ok"], false);
         assert!(
             text.contains("STRIPE_WEBHOOK_SECRET")
                 && text.contains("STRIPE_WEBHOOK_TOLERANCE_SECS")

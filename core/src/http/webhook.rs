@@ -6,26 +6,34 @@
 //! never succeed as sent is 4xx; a Worker that is not configured is 500, which Stripe
 //! also retries for three days, so no event is lost while the secret is being set.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::ingress::{Decision, Refusal, Status, Verdict};
-use crate::log::Line;
+use crate::log::{push_json_string, Line};
 use crate::settings::{STRIPE_LIVEMODE, STRIPE_WEBHOOK_SECRET};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    /// The body, as JSON text: written once here, copied as it is into the `Response`.
+    pub body: String,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
 }
 
 impl Reply {
-    pub(crate) fn error(status: u16, message: impl Into<String>) -> Self {
-        Self::json(status, json!({ "error": message.into() }))
+    pub(crate) fn error(status: u16, message: impl AsRef<str>) -> Self {
+        let mut body = String::from(r#"{"error":"#);
+        push_json_string(&mut body, message.as_ref());
+        body.push('}');
+        Self::text(status, body)
     }
 
     pub(crate) fn json(status: u16, body: Value) -> Self {
+        Self::text(status, body.to_string())
+    }
+
+    fn text(status: u16, body: String) -> Self {
         Self {
             status,
             body,
@@ -38,24 +46,33 @@ impl Reply {
     pub fn internal_error() -> Self {
         Self::error(500, "internal error")
     }
+
+    /// The body read back as a JSON value (tests and tools).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a reply's body is JSON")
+    }
 }
 
 pub fn for_decision(decision: &Decision) -> Reply {
     match &decision.verdict {
         Verdict::Recorded(status) => {
-            let mut body = json!({
-                "received": true,
-                "event_id": decision.event_id,
-                "status": status.as_str(),
-            });
+            // Written straight into its text (keys in the order serde_json's map wrote
+            // them): every delivery answers this, and a map of JSON values costs it
+            // allocations and a formatter pass.
+            let mut body = String::with_capacity(96);
+            body.push_str(r#"{"event_id":"#);
+            match &decision.event_id {
+                Some(id) => push_json_string(&mut body, id),
+                None => body.push_str("null"),
+            }
             if let Some(state) = decision.purchase_state {
-                body["purchase_state"] = state.as_str().into();
+                body.push_str(r#","purchase_state":"#);
+                push_json_string(&mut body, state.as_str());
             }
-            Reply {
-                status: 200,
-                body,
-                allow: None,
-            }
+            body.push_str(r#","received":true,"status":"#);
+            push_json_string(&mut body, status.as_str());
+            body.push('}');
+            Reply::text(200, body)
         }
         Verdict::Refused(refusal) => for_refusal(refusal),
     }
@@ -150,6 +167,7 @@ fn refusal_line(refusal: &Refusal) -> Line {
 mod tests {
     use super::*;
     use crate::stripe::signature::SignatureError;
+    use serde_json::json;
 
     fn decided(verdict: Verdict) -> Decision {
         Decision {
@@ -197,9 +215,34 @@ mod tests {
     #[test]
     fn a_recorded_event_answers_the_documented_body() {
         let reply = for_decision(&decided(Verdict::Recorded(Status::Accepted)));
+        let expected = json!({"received": true, "event_id": "evt_1", "status": "accepted"});
+        assert_eq!(reply.value(), expected);
+        // The very text serde_json writes for it.
+        assert_eq!(reply.body, expected.to_string());
+        let with_state = Decision {
+            purchase_state: Some(crate::ports::ledger::PurchaseState::Fulfilled),
+            ..decided(Verdict::Recorded(Status::Duplicate))
+        };
+        let expected = json!({"received": true, "event_id": "evt_1", "status": "duplicate",
+            "purchase_state": "fulfilled"});
+        assert_eq!(for_decision(&with_state).body, expected.to_string());
+        let odd = Decision {
+            event_id: Some("evt_\"quoted\"\n".into()),
+            ..decided(Verdict::Recorded(Status::Ignored))
+        };
+        let expected =
+            json!({"received": true, "event_id": "evt_\"quoted\"\n", "status": "ignored"});
+        assert_eq!(for_decision(&odd).body, expected.to_string());
+        let unnamed = Decision {
+            event_id: None,
+            ..decided(Verdict::Recorded(Status::Ignored))
+        };
+        let expected = json!({"received": true, "event_id": null, "status": "ignored"});
+        assert_eq!(for_decision(&unnamed).body, expected.to_string());
+        let refused = for_decision(&decided(Verdict::Refused(Refusal::Busy)));
         assert_eq!(
-            reply.body,
-            json!({"received": true, "event_id": "evt_1", "status": "accepted"})
+            refused.value()["error"],
+            "this purchase is being fulfilled by another delivery; retry later"
         );
     }
 

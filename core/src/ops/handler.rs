@@ -408,7 +408,7 @@ mod tests {
         let (answer, line) = block_on(handle(&world.deps(), call, NOW_MS));
         let (reply, lines) = respond(answer, line, 0);
         assert!(lines.last().unwrap().to_json().contains("tok_"));
-        (reply.status, reply.body)
+        (reply.status, reply.value())
     }
 
     #[test]
@@ -558,8 +558,8 @@ mod tests {
         let (answer, line) = block_on(handle(&world.deps(), request, NOW_MS));
         let (reply, lines) = respond(answer, line, 0);
         assert_eq!(reply.status, 200, "{:?}", reply.body);
-        assert_eq!(reply.body["outcome"], "sent");
-        assert_eq!(reply.body["kind"], "license");
+        assert_eq!(reply.value()["outcome"], "sent");
+        assert_eq!(reply.value()["kind"], "license");
         let sent = world.upstream.calls_to(Svc::Email);
         assert_eq!(sent.len(), 2, "exactly one more");
         assert_eq!(
