@@ -113,6 +113,11 @@ function purchase({ license = true, shipping = true, paymentStatus = 'paid' } = 
 
 const send = (evt, target = worker) => deliver(target.url, JSON.stringify(evt), { secret: WEBHOOK_SECRET });
 
+/** Asserts a delivery's reply; a failure names the status and body the Worker answered. */
+function assertReply(reply, expected) {
+  assert.ok(expected(reply), `reply ${reply.status} ${reply.text}`);
+}
+
 const keyOf = (sessionId, step) => `stripe-edge:${sessionId}:${step}`;
 /** Calls the stand-in received for one step of one purchase (by Idempotency-Key). */
 const stepCalls = (sessionId, step) => standin.callsTo(step).filter((c) => c.headers['idempotency-key'] === keyOf(sessionId, step));
@@ -662,26 +667,26 @@ test(`cron: retention (RETENTION_DAYS ${RETENTION_DAYS}) prunes old events of fi
   const recent = (RETENTION_DAYS - 1) * DAY_MS;
   // Finished: fulfilled.
   const doneOld = purchase({ shipping: false });
-  assert.equal((await send(doneOld.evt)).json?.purchase_state, 'fulfilled');
+  assertReply(await send(doneOld.evt), (r) => r.json?.purchase_state === 'fulfilled');
   const doneRecent = purchase({ shipping: false });
-  assert.equal((await send(doneRecent.evt)).json?.purchase_state, 'fulfilled');
+  assertReply(await send(doneRecent.evt), (r) => r.json?.purchase_state === 'fulfilled');
   // Unfinished: failed, fulfilling, awaiting payment.
   const failed = purchase({ shipping: false });
   standin.failNext('license', 1, 400);
-  assert.equal((await send(failed.evt)).json?.status, 'failed');
+  assertReply(await send(failed.evt), (r) => r.json?.status === 'failed');
   const fulfilling = purchase({ shipping: false });
   standin.failNext('license', 1, 503);
-  assert.equal((await send(fulfilling.evt)).status, 503);
+  assertReply(await send(fulfilling.evt), (r) => r.status === 503);
   const awaiting = purchase({ shipping: false, paymentStatus: 'unpaid' });
-  assert.equal((await send(awaiting.evt)).status, 200);
+  assertReply(await send(awaiting.evt), (r) => r.status === 200);
   // Finished without fulfilment: payment failed (two events).
   const lost = purchase({ shipping: false, paymentStatus: 'unpaid' });
-  assert.equal((await send(lost.evt)).status, 200);
+  assertReply(await send(lost.evt), (r) => r.status === 200);
   const lostFailed = event('checkout.session.async_payment_failed', lost.session);
-  assert.equal((await send(lostFailed)).status, 200);
+  assertReply(await send(lostFailed), (r) => r.status === 200);
   // No purchase at all.
   const ignored = event('customer.created', { id: rid('cus'), object: 'customer' });
-  assert.equal((await send(ignored)).json?.status, 'ignored');
+  assertReply(await send(ignored), (r) => r.json?.status === 'ignored');
 
   const all = [doneOld, doneRecent, failed, fulfilling, awaiting, lost];
   const states = await ledger(all.map((p) => p.session.id));

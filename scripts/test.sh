@@ -73,7 +73,10 @@ rm -rf "$dry"
 phase_done
 
 phase "end-to-end tests (node --test, $(node --version))"
-node --test --test-concurrency=1 --test-reporter=spec 'e2e/**/*.test.mjs'
+# Every worker's output is kept in e2e/.tmp/logs (e2e/support/worker.mjs) for a failed run.
+rm -rf e2e/.tmp/logs
+node --test --test-concurrency=1 --test-reporter=spec 'e2e/**/*.test.mjs' \
+  || { echo "end-to-end tests failed; each worker's output is in e2e/.tmp/logs/" >&2; exit 1; }
 phase_done
 
 printf '\nall checks passed in %s s\n' "$((SECONDS - total_start))" >&2

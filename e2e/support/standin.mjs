@@ -102,7 +102,10 @@ export async function startStandin() {
       }
     });
   });
-  server.keepAliveTimeout = 1_000;
+  // Idle keep-alive connections stay open for the whole suite (stop() closes them): a
+  // short timeout races the Worker reusing a pooled connection just as the stand-in
+  // closes it, and that reset reads as a failed upstream call (a 502 no test asked for).
+  server.keepAliveTimeout = 120_000;
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));

@@ -149,6 +149,18 @@ function wrangler(args, { cwd, timeout = COMMAND_TIMEOUT_MS } = {}) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Where each stopped worker's output is kept, so a failed run can be read afterwards. */
+export const LOG_DIR = path.join(TMP_ROOT, 'logs');
+let logCount = 0;
+/** Saves a stopped worker's output as e2e/.tmp/logs/<test file>-<pid>-<n>.log (best effort). */
+function keepLog(output) {
+  try {
+    mkdirSync(LOG_DIR, { recursive: true });
+    const file = path.basename(process.argv[1] ?? 'worker').replace(/\.m?js$/, '');
+    writeFileSync(path.join(LOG_DIR, `${file}-${process.pid}-${++logCount}.log`), output);
+  } catch { /* a log we cannot keep must not fail the run */ }
+}
+
 /**
  * Starts the Worker. `vars` go to [vars] (env.var), `secrets` to .dev.vars (env.secret).
  * With `migrate: false` the D1 database has no tables (to test D1 failures).
@@ -208,6 +220,7 @@ export async function startWorker({ vars = {}, secrets = {}, migrate = true, tom
       try { process.kill(-child.pid, 'SIGKILL'); } catch { /* already gone */ }
     }
     live.delete(handle);
+    keepLog(output);
     rmSync(dir, { recursive: true, force: true, maxRetries: 3, retryDelay: 100 });
   }
 
