@@ -134,3 +134,62 @@ test('license and shipping run side by side: two 400 ms services answer in under
   }
   assert.ok(Math.min(...times) < 600, `delivery times ${times.join(', ')} ms`);
 });
+
+test('a full refund takes back in 3 D1 round trips, revoke and cancel side by side; its duplicate 2, a partial refund 1', async () => {
+  const session = paidSession();
+  assert.equal((await send(event('checkout.session.completed', session))).json?.purchase_state, 'fulfilled');
+  const refund = event('charge.refunded', {
+    id: rid('ch'), object: 'charge', payment_intent: session.payment_intent, amount: 1500,
+    amount_refunded: 1500, refunded: true,
+  });
+  // Each take-back call is answered after 400 ms.
+  standin.delayNext('license', 1, 400);
+  standin.delayNext('shipping', 1, 400);
+  const first = await send(refund);
+  assert.equal(first.status, 200, first.text);
+  assert.equal(first.json.purchase_state, 'refunded');
+  const line = await decisionLine(refund.id);
+  // Claim the event and record the reversal (one batch); take both take-back steps and
+  // read every step; settle both and derive the state.
+  assert.equal(line.d1_calls, 3, JSON.stringify(line));
+  assert.equal(standin.revocations().length, 1);
+  assert.equal(standin.cancellations().length, 1);
+  const [revoke] = standin.callsTo('license').filter((c) => c.path.endsWith('/revoke'));
+  const [cancel] = standin.callsTo('shipping').filter((c) => c.path.endsWith('/cancel'));
+  // One after the other, the second would arrive at least 400 ms after the first.
+  assert.ok(Math.abs(revoke.at - cancel.at) < 400, `revoke at ${revoke.at}, cancel at ${cancel.at}: in flight together`);
+
+  const again = await send(refund);
+  assert.equal(again.json.status, 'duplicate', again.text);
+  const dup = await decisionLine(refund.id, 2);
+  assert.equal(dup.d1_calls, 2, JSON.stringify(dup));
+  assert.equal(standin.revocations().length, 1);
+  assert.equal(standin.cancellations().length, 1);
+
+  const partial = event('charge.refunded', {
+    id: rid('ch'), object: 'charge', payment_intent: session.payment_intent, amount: 1500,
+    amount_refunded: 500, refunded: false,
+  });
+  assert.equal((await send(partial)).json?.status, 'accepted');
+  assert.equal((await decisionLine(partial.id)).d1_calls, 1);
+});
+
+test('a refund under an id already recorded for another event records no reversal (one D1 round trip)', async () => {
+  const session = paidSession();
+  const paid = event('checkout.session.completed', session);
+  assert.equal((await send(paid)).json?.purchase_state, 'fulfilled');
+  const forged = event('charge.refunded', {
+    id: rid('ch'), object: 'charge', payment_intent: session.payment_intent, amount: 1500,
+    amount_refunded: 1500, refunded: true,
+  });
+  forged.id = paid.id; // the checkout event's id, on another object
+  const res = await send(forged);
+  assert.equal(res.status, 400, res.text);
+  const line = (await linesUntil(worker, 0, (l) => l.event_id === paid.id && l.reason !== undefined && l.d1_calls !== undefined, 1, 'conflict line'))[0];
+  assert.equal(line.d1_calls, 1, JSON.stringify(line));
+  const [row] = await worker.d1(`SELECT COUNT(*) AS n FROM reversals WHERE event_id = '${paid.id}'`);
+  assert.equal(row.n, 0, 'no reversal recorded under the conflicting id');
+  const [purchase] = await worker.d1(`SELECT state FROM purchases WHERE session_id = '${session.id}'`);
+  assert.equal(purchase.state, 'fulfilled');
+  assert.equal(standin.revocations().length, 0);
+});

@@ -474,7 +474,17 @@ impl Ledger for D1Ledger {
         rules: &[TakeBackRule],
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
-        self.record(record, rules, now_ms).await
+        Ok(self.record(None, record, rules, now_ms).await?.1)
+    }
+
+    async fn claim_reversal(
+        &self,
+        event: &EventRecord,
+        reversal: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<(Claim, Vec<String>), LedgerError> {
+        self.record(Some(event), reversal, rules, now_ms).await
     }
 
     async fn reversals_of(&self, session_id: &str) -> Result<Vec<ReversalRecord>, LedgerError> {

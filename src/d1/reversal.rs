@@ -4,9 +4,12 @@
 //! the other: a purchase is never opened for fulfilment past its refund.
 
 use serde::Deserialize;
-use stripe_edge_core::ports::ledger::{LedgerError, PurchaseState, ReversalRecord, TakeBackRule};
+use stripe_edge_core::ports::ledger::{
+    Claim, EventRecord, LedgerError, PurchaseState, ReversalRecord, TakeBackRule,
+};
 use worker::D1PreparedStatement;
 
+use super::ledger::{claim_of, StoredEvent};
 use super::{int, opt_text, text, D1Ledger};
 
 /// The purchases a statement applies to: `?1` names one session, or `?2` a PaymentIntent
@@ -91,14 +94,21 @@ impl D1Ledger {
         ])
     }
 
+    /// Records `r` and applies it, in one batch; with `claim`, that event's claim comes
+    /// first in the same transaction and a conflicting id records nothing (the insert
+    /// requires the stored event to be this one). Returns the claim (`New` without one)
+    /// and the sessions found.
     pub(super) async fn record(
         &self,
+        claim: Option<&EventRecord>,
         r: &ReversalRecord,
         rules: &[TakeBackRule],
         now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    ) -> Result<(Claim, Vec<String>), LedgerError> {
         const INSERT: &str = "INSERT INTO reversals \
-            (event_id, ref, kind, purchase_state, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            (event_id, ref, kind, purchase_state, detail, created_at) \
+            SELECT ?1, ?2, ?3, ?4, ?5, ?6 \
+            WHERE ?7 IS NULL OR EXISTS (SELECT 1 FROM events WHERE id = ?1 AND type = ?7 AND object_id IS ?8) \
             ON CONFLICT (event_id) DO NOTHING";
         const FOUND: &str = "SELECT session_id FROM purchases \
             WHERE payment_intent = ?1 OR subscription = ?1 ORDER BY session_id";
@@ -106,7 +116,11 @@ impl D1Ledger {
         struct Found {
             session_id: String,
         }
-        let op = "record_reversal";
+        let op = if claim.is_some() {
+            "claim_reversal"
+        } else {
+            "record_reversal"
+        };
         let args = [
             text(&r.event_id),
             text(&r.reference),
@@ -114,18 +128,35 @@ impl D1Ledger {
             opt_text(r.takes_back_as.map(PurchaseState::as_str)),
             opt_text(r.detail.as_deref()),
             int(r.created_at_ms as i64),
+            opt_text(claim.map(|c| c.kind.as_str())),
+            opt_text(claim.and_then(|c| c.object_id.as_deref())),
         ];
-        let mut batch = vec![self.statement(op, INSERT, &args)?];
+        let mut batch = Vec::new();
+        if let Some(event) = claim {
+            batch.push(self.claim_event_statement(op, event)?);
+        }
+        batch.push(self.statement(op, INSERT, &args)?);
         batch.extend(self.apply_reversals(op, None, Some(&r.reference), rules, now_ms)?);
         batch.push(self.statement(op, FOUND, &[text(&r.reference)])?);
         let results = self.batch(op, batch).await?;
+        let claimed = match claim {
+            None => Claim::New,
+            Some(event) => {
+                let returned: Vec<StoredEvent> =
+                    results[0].results().map_err(super::failure(op))?;
+                claim_of(event, returned.into_iter().next())
+            }
+        };
+        if claimed == Claim::Conflict {
+            return Ok((claimed, Vec::new()));
+        }
         let found: Vec<Found> = results
             .last()
             .map(|r| r.results())
             .transpose()
             .map_err(super::failure(op))?
             .unwrap_or_default();
-        Ok(found.into_iter().map(|f| f.session_id).collect())
+        Ok((claimed, found.into_iter().map(|f| f.session_id).collect()))
     }
 
     pub(super) async fn reversals(

@@ -187,9 +187,9 @@ pub async fn fulfil_event<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     // one recorded later sees them done and takes back itself. No extra read for the
     // purchase that has none.
     if state.is_some_and(PurchaseState::is_reversed) {
-        let (back, took) = take_back_steps(deps, session_id, deadline).await?;
-        ran |= took;
-        outcomes.extend(back);
+        let back = take_back_steps(deps, session_id, deadline).await?;
+        ran |= back.ran;
+        outcomes.extend(back.outcomes);
     }
     Ok((
         claim,
@@ -500,49 +500,134 @@ pub async fn take_back<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     started_ms: u64,
 ) -> Result<Report, LedgerError> {
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
-    let (outcomes, ran) = take_back_steps(deps, session_id, deadline).await?;
-    let state = deps
-        .ledger
-        .finish_purchase(session_id, deps.clock.now_ms())
-        .await?;
+    let back = take_back_steps(deps, session_id, deadline).await?;
     Ok(Report {
-        outcome: aggregate(&outcomes),
-        ran,
-        state,
+        outcome: aggregate(&back.outcomes),
+        ran: back.ran,
+        state: back.state,
     })
 }
 
-/// Runs every take-back step of the purchase that is not finished; returns their
-/// outcomes and whether this run claimed any.
+/// What a take-back run did: each take-back step's outcome, whether this run claimed
+/// any, and the purchase's state read in its last round trip.
+struct TakenBack {
+    outcomes: Vec<StepOutcome>,
+    ran: bool,
+    state: Option<PurchaseState>,
+}
+
+/// Runs every take-back step of the purchase that is not finished, in two round trips
+/// like the forward steps' rounds: the first takes each take-back step whose forward
+/// step is settled (never one still pending or running: its holder finishes it, then
+/// takes it back) and reads every step in the same transaction; the calls run side by
+/// side; the second settles them and derives the purchase's state.
 async fn take_back_steps<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     session_id: &str,
     deadline: Deadline,
-) -> Result<(Vec<StepOutcome>, bool), LedgerError> {
-    let rows = deps.ledger.steps_of(session_id).await?;
+) -> Result<TakenBack, LedgerError> {
+    let asks: Vec<ClaimAsk> = TakeBack::ALL
+        .into_iter()
+        .map(|take| ClaimAsk {
+            step: take.name(),
+            after: Some(take.forward().name()),
+            first_body: None,
+        })
+        .collect();
+    let claimed_at = deps.clock.now_ms();
+    let mut round = deps
+        .ledger
+        .round(
+            session_id,
+            &[],
+            &asks,
+            "",
+            claimed_at,
+            claimed_at + LEASE_MS,
+        )
+        .await?;
     let mut outcomes = Vec::new();
-    let mut open = Vec::new();
-    for take in TakeBack::ALL {
-        let Some(row) = rows.iter().find(|r| r.step == take.name()) else {
-            continue;
+    let mut held = Vec::new();
+    for (take, claim) in TakeBack::ALL.into_iter().zip(round.claimed.drain(..)) {
+        let Some(row) = round.steps.iter().find(|r| r.step == take.name()) else {
+            continue; // this reversal asks nothing of that step
         };
-        match row.state {
-            StepState::Done | StepState::Cancelled => outcomes.push(StepOutcome::Done),
-            StepState::Failed => outcomes.push(StepOutcome::Failed),
-            StepState::Pending | StepState::Running => open.push(take),
+        let forward = round.steps.iter().find(|r| r.step == take.forward().name());
+        match claim {
+            Some(claim) => {
+                let target = target(take, forward);
+                let tried =
+                    forward.is_some_and(|r| r.state == StepState::Cancelled && r.attempts > 0);
+                if matches!(target, Target::Nothing(_)) && tried {
+                    // It was tried, then released after the reversal: what the service
+                    // made, if anything, is unknown. Ops check it by its metadata.
+                    Line::alert("take-back: forward step outcome unknown")
+                        .id("session_id", session_id)
+                        .id("step", take.forward().name())
+                        .emit(deps.log);
+                }
+                held.push((take, claim, target));
+            }
+            None => outcomes.push(match row.state {
+                StepState::Done | StepState::Cancelled => StepOutcome::Done,
+                StepState::Failed => StepOutcome::Failed,
+                // Held by another run, or waiting for its forward step to settle.
+                StepState::Pending | StepState::Running => {
+                    if matches!(target(take, forward), Target::Wait) {
+                        Line::info("step busy")
+                            .id("session_id", session_id)
+                            .id("step", take.name())
+                            .emit(deps.log);
+                    }
+                    StepOutcome::Busy
+                }
+            }),
         }
     }
-    // Each take-back waits only for its own forward step: they run side by side.
-    let runs = open
-        .into_iter()
-        .map(|take| run_take_back(deps, session_id, take, &rows, deadline));
-    let mut ran = false;
-    for result in join::all(runs.collect()).await {
-        let (outcome, claimed) = result?;
-        ran |= claimed;
+    if held.is_empty() {
+        return Ok(TakenBack {
+            outcomes,
+            ran: false,
+            state: round.state,
+        });
+    }
+    let reversed_as = round.state;
+    let runs = held.iter().map(|(take, _, target)| async move {
+        let result = undo(deps, session_id, *take, target, reversed_as, deadline).await;
+        (result, deps.clock.now_ms())
+    });
+    let results = join::all(runs.collect()).await;
+    let settles: Vec<Settle> = held
+        .iter()
+        .zip(&results)
+        .map(|((take, claim, _), (result, _))| Settle {
+            step: take.name(),
+            attempt: claim.attempt,
+            settlement: settlement(result),
+        })
+        .collect();
+    let now = deps.clock.now_ms();
+    let settled = deps
+        .ledger
+        .round(session_id, &settles, &[], "", now, now + LEASE_MS)
+        .await?;
+    for (((take, claim, _), (result, ended)), settled) in
+        held.iter().zip(&results).zip(&settled.settled)
+    {
+        let (outcome, head) = take_back_line(result, *settled);
+        head.id("session_id", session_id)
+            .id("event_id", &claim.event_id)
+            .id("step", take.name())
+            .num("attempt", u64::from(claim.attempt))
+            .num("duration_ms", ended.saturating_sub(claimed_at))
+            .emit(deps.log);
         outcomes.push(outcome);
     }
-    Ok((outcomes, ran))
+    Ok(TakenBack {
+        outcomes,
+        ran: true,
+        state: settled.state,
+    })
 }
 
 /// What a take-back step has to undo, from its forward step's row.
@@ -569,71 +654,34 @@ fn target(take: TakeBack, forward: Option<&StepRow>) -> Target {
     }
 }
 
-/// One take-back step, with the forward steps' claim → call → settle: never before
-/// its forward step is done (a running one is waited for), never twice.
-async fn run_take_back<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+/// One claimed take-back step's work: the call that undoes what its forward step made,
+/// or nothing to undo (with an alert when what was made is unknown).
+async fn undo<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     session_id: &str,
     take: TakeBack,
-    rows: &[StepRow],
+    target: &Target,
+    reversed_as: Option<PurchaseState>,
     deadline: Deadline,
-) -> Result<(StepOutcome, bool), LedgerError> {
-    let forward_name = take.forward().name();
-    // Read again: the forward step may have finished since `rows` was read.
-    let forward = deps.ledger.step(session_id, forward_name).await?;
-    let forward = forward.or_else(|| rows.iter().find(|r| r.step == forward_name).cloned());
-    let target = target(take, forward.as_ref());
-    if matches!(target, Target::Wait) {
-        Line::info("step busy")
-            .id("session_id", session_id)
-            .id("step", take.name())
-            .emit(deps.log);
-        return Ok((StepOutcome::Busy, false));
-    }
-    let now = deps.clock.now_ms();
-    let Some(claim) = deps
-        .ledger
-        .claim_step(session_id, take.name(), now, now + LEASE_MS)
-        .await?
-    else {
-        let row = deps.ledger.step(session_id, take.name()).await?;
-        let outcome = match row.map(|r| r.state) {
-            Some(StepState::Done | StepState::Cancelled) => StepOutcome::Done,
-            Some(StepState::Failed) => StepOutcome::Failed,
-            Some(_) => StepOutcome::Busy,
-            None => StepOutcome::Retry,
-        };
-        return Ok((outcome, false));
-    };
-    let result = match target {
-        Target::Undo(made) => execute_take_back(deps, session_id, take, &made, deadline).await,
-        Target::Nothing(result) => {
-            let unknown = forward
-                .as_ref()
-                .is_some_and(|r| r.state == StepState::Cancelled && r.attempts > 0);
-            if unknown {
-                // It was tried, then released after the reversal: what the service
-                // made, if anything, is unknown. Ops check it by its metadata.
-                Line::alert("take-back: forward step outcome unknown")
-                    .id("session_id", session_id)
-                    .id("step", forward_name)
-                    .emit(deps.log);
-            }
-            Ok(result.to_string())
+) -> Result<String, StepError> {
+    match target {
+        Target::Undo(made) => {
+            execute_take_back(deps, session_id, take, made, reversed_as, deadline).await
         }
-        Target::Wait => unreachable!("handled above"),
-    };
-    let settlement = match &result {
-        Ok(id) => Settlement::Done(id.clone()),
-        Err(e) if e.is_permanent() => Settlement::Fail(e.message()),
-        Err(e) => Settlement::Release(e.message()),
-    };
-    let end = deps.clock.now_ms();
-    let settled = deps
-        .ledger
-        .settle_step(session_id, take.name(), claim.attempt, &settlement, end)
-        .await?;
-    let (head, outcome) = match (&result, settled) {
+        Target::Nothing(result) => Ok(result.to_string()),
+        // Not claimable while its forward step is unsettled (the claim's own condition,
+        // read in the same transaction): released untouched should it ever happen.
+        Target::Wait => Err(StepError::Retryable(format!(
+            "{} is not settled yet",
+            take.forward().name()
+        ))),
+    }
+}
+
+/// The outcome of a take-back attempt once its settle came back, and the head of its
+/// line.
+fn take_back_line(result: &Result<String, StepError>, settled: bool) -> (StepOutcome, Line) {
+    let (head, outcome) = match (result, settled) {
         (_, false) => (Line::warn("step lease lost"), StepOutcome::Busy),
         (Ok(r), true) if r == cancel_shipment::SHIPPED_BEFORE_CANCEL => (
             Line::warn("shipment already shipped: a return is needed"),
@@ -653,13 +701,7 @@ async fn run_take_back<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             StepOutcome::Retry,
         ),
     };
-    head.id("session_id", session_id)
-        .id("event_id", &claim.event_id)
-        .id("step", take.name())
-        .num("attempt", u64::from(claim.attempt))
-        .num("duration_ms", end.saturating_sub(now))
-        .emit(deps.log);
-    Ok((outcome, true))
+    (outcome, head)
 }
 
 async fn execute_take_back<L: Ledger, U: Upstream, C: Clock, S>(
@@ -667,22 +709,29 @@ async fn execute_take_back<L: Ledger, U: Upstream, C: Clock, S>(
     session_id: &str,
     take: TakeBack,
     made: &str,
+    reversed_as: Option<PurchaseState>,
     deadline: Deadline,
 ) -> Result<String, StepError> {
     let (config, upstream, clock) = (deps.config, deps.upstream, deps.clock);
     match take {
         TakeBack::RevokeLicense => revoke::run(made, config, upstream, clock, deadline).await,
         TakeBack::CancelShipment => {
-            let reversals = deps
-                .ledger
-                .reversals_of(session_id)
-                .await
-                .map_err(|e| StepError::Retryable(format!("ledger {} failed", e.operation)))?;
-            let state = reversals
-                .iter()
-                .filter_map(|r| r.takes_back_as)
-                .find(|s| take.on().contains(s))
-                .unwrap_or(PurchaseState::Refunded);
+            // The reason is the first reversal that asks for the cancel. The purchase
+            // took the state of its first reversal that takes back: when that one asks
+            // for it, no read is needed; otherwise (an ended subscription first, a
+            // refund later) the recorded reversals say.
+            let state = match reversed_as.filter(|s| take.on().contains(s)) {
+                Some(state) => state,
+                None => deps
+                    .ledger
+                    .reversals_of(session_id)
+                    .await
+                    .map_err(|e| StepError::Retryable(format!("ledger {} failed", e.operation)))?
+                    .iter()
+                    .filter_map(|r| r.takes_back_as)
+                    .find(|s| take.on().contains(s))
+                    .unwrap_or(PurchaseState::Refunded),
+            };
             let reason = reversal::cancel_reason(state);
             cancel_shipment::run(
                 session_id,

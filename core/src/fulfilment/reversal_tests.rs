@@ -637,3 +637,53 @@ fn a_replay_runs_a_failed_take_back_again_but_never_a_cancelled_forward_step() {
     );
     assert_eq!(world.ledger.purchase("cs_1"), Some(PurchaseState::Refunded));
 }
+
+#[test]
+fn a_dispute_after_an_ended_subscription_cancels_the_boxed_shipment_as_disputed() {
+    // A subscription sold with a parcel: its end revokes only; a dispute later cancels
+    // the parcel. The purchase keeps the state of its first reversal (cancelled), so
+    // the cancel's reason comes from the recorded reversals, not from that state.
+    let world = World::new(full_config());
+    let boxed = event(
+        "evt_boxed",
+        "checkout.session.completed",
+        &session_json("cs_1", r#","mode":"subscription","subscription":"sub_1""#),
+    );
+    assert_eq!(
+        deliver(&world, &boxed).verdict,
+        Verdict::Recorded(Status::Accepted)
+    );
+    deliver(&world, &subscription_deleted("evt_sub_end"));
+    assert_eq!(
+        world.ledger.purchase("cs_1"),
+        Some(PurchaseState::Cancelled)
+    );
+    assert_eq!(
+        (
+            calls(&world, Svc::Revoke),
+            calls(&world, Svc::CancelShipment)
+        ),
+        (1, 0)
+    );
+    let decision = deliver(
+        &world,
+        &dispute("evt_dp", "charge.dispute.created", "needs_response"),
+    );
+    assert_eq!(decision.verdict, Verdict::Recorded(Status::Accepted));
+    let cancel = world.upstream.calls_to(Svc::CancelShipment);
+    assert_eq!(cancel.len(), 1);
+    assert!(
+        cancel[0]
+            .body
+            .as_deref()
+            .unwrap()
+            .contains(r#""reason":"disputed""#),
+        "{:?}",
+        cancel[0].body
+    );
+    assert_eq!(
+        calls(&world, Svc::Revoke),
+        1,
+        "revoked once, by the first reversal"
+    );
+}

@@ -126,3 +126,63 @@ fn a_conflicting_event_id_opens_nothing_in_its_one_round_trip() {
     assert_eq!(world.ledger.purchase("cs_2"), None);
     assert!(world.ledger.step_row("cs_2", "license").is_none());
 }
+
+fn refund(event_id: &str, refunded: u32) -> String {
+    format!(
+        r#"{{"id":"{event_id}","object":"event","type":"charge.refunded","livemode":false,"created":1700000000,"data":{{"object":
+        {{"id":"ch_1","object":"charge","payment_intent":"pi_1","amount":3000,"amount_refunded":{refunded},"refunded":{full}}}}}}}"#,
+        full = refunded == 3000
+    )
+}
+
+#[test]
+fn a_full_refund_takes_back_in_three_round_trips_its_duplicate_in_two_a_partial_in_one() {
+    let world = World::new(full_config());
+    deliver(&world, &paid("evt_1", "checkout.session.completed"));
+    world.upstream.yield_in_calls.set(true);
+    world.upstream.timeline.borrow_mut().clear();
+    let (first, calls) = deliver(&world, &refund("evt_refund", 3000));
+    assert_eq!(first.verdict, Verdict::Recorded(Status::Accepted));
+    // Claim the event and record the reversal (applied to the purchase in the same
+    // transaction); take both take-back steps and read every step; settle both and
+    // derive the state.
+    assert_eq!(calls, 3, "full refund");
+    // The revoke and the cancel are in flight together.
+    let timeline = world.upstream.timeline.borrow().clone();
+    let at = |svc, answered| timeline.iter().position(|e| *e == (svc, answered)).unwrap();
+    assert!(
+        at(Svc::CancelShipment, false) < at(Svc::Revoke, true)
+            && at(Svc::Revoke, false) < at(Svc::CancelShipment, true),
+        "{timeline:?}"
+    );
+    assert_eq!(world.upstream.calls_to(Svc::Revoke).len(), 1);
+    assert_eq!(world.upstream.calls_to(Svc::CancelShipment).len(), 1);
+    // The redelivery: claim (seen) and record (already there), one round finding both
+    // done.
+    let (again, calls) = deliver(&world, &refund("evt_refund", 3000));
+    assert_eq!(again.verdict, Verdict::Recorded(Status::Duplicate));
+    assert_eq!(calls, 2, "duplicate refund");
+    // A partial refund only records: claim and record.
+    let (partial, calls) = deliver(&world, &refund("evt_partial", 1000));
+    assert_eq!(partial.verdict, Verdict::Recorded(Status::Accepted));
+    assert_eq!(calls, 1, "partial refund");
+    assert_eq!(world.upstream.calls_to(Svc::Revoke).len(), 1);
+}
+
+#[test]
+fn a_refund_under_a_conflicting_event_id_records_nothing_in_its_one_round_trip() {
+    let world = World::new(full_config());
+    deliver(&world, &paid("evt_1", "checkout.session.completed"));
+    // The checkout event's id, reused for a refund: not that event.
+    let (decision, calls) = deliver(&world, &refund("evt_1", 3000));
+    assert_eq!(
+        decision.verdict,
+        Verdict::Refused(Refusal::ConflictingEvent)
+    );
+    assert_eq!(calls, 1);
+    assert!(
+        world.ledger.reversals.borrow().is_empty(),
+        "no reversal recorded"
+    );
+    assert_eq!(world.upstream.calls_to(Svc::Revoke).len(), 0);
+}

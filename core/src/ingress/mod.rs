@@ -233,8 +233,26 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         decision.verdict = verdict_of(delivered);
         return decision;
     }
-    let claim = match deps.ledger.claim_event(&record).await {
-        Ok(claim) => claim,
+    // Money back: the event's claim and the reversal's record share one round trip (one
+    // transaction: a conflicting id records nothing).
+    let money_back = money_back.filter(|_| disposition != Disposition::LivemodeMismatch);
+    let reversal = money_back
+        .as_ref()
+        .map(|m| reversal_record(&event, m, deps.clock.now_ms()));
+    let claimed = match &reversal {
+        Some(r) => {
+            let rules = reversal::rules();
+            let now = r.created_at_ms;
+            deps.ledger.claim_reversal(&record, r, &rules, now).await
+        }
+        None => deps
+            .ledger
+            .claim_event(&record)
+            .await
+            .map(|c| (c, Vec::new())),
+    };
+    let (claim, sessions) = match claimed {
+        Ok(claimed) => claimed,
         Err(e) => {
             decision.verdict = Verdict::Refused(Refusal::Unavailable(e));
             return decision;
@@ -248,11 +266,12 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
         decision.verdict = Verdict::Recorded(Status::Duplicate);
         return decision;
     }
-    if let (Some(money_back), false) = (&money_back, disposition == Disposition::LivemodeMismatch) {
+    if let (Some(money_back), Some(reversal)) = (&money_back, &reversal) {
         let reversed = apart(reverse(
             deps,
-            &event,
             money_back,
+            reversal,
+            sessions,
             claim,
             started_ms,
             &mut decision,
@@ -407,33 +426,33 @@ async fn fulfil<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     })
 }
 
-/// A money-back event: record it against its PaymentIntent or Subscription (the
-/// ledger applies it to the purchase in the same transaction, or keeps it for when the
-/// purchase arrives), then take back: inline, the take-back steps run now; in queue
+/// What the ledger keeps of a money-back event.
+fn reversal_record(event: &Event<'_>, money_back: &Reversal, now_ms: u64) -> ReversalRecord {
+    ReversalRecord {
+        event_id: event.id.clone(),
+        reference: money_back.reference.clone(),
+        kind: money_back.disposition.as_str().to_string(),
+        takes_back_as: reversal::takes_back_as(money_back.disposition),
+        detail: money_back.detail.clone(),
+        created_at_ms: now_ms,
+    }
+}
+
+/// A money-back event, recorded against its PaymentIntent or Subscription with its claim
+/// (the ledger applied it to the purchases in `sessions` in the same transaction, or
+/// keeps it for when the purchase arrives): take back: inline, the take-back steps run now; in queue
 /// mode, a message per purchase. A redelivery does the same and finds the steps done.
 async fn reverse<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
-    event: &Event<'_>,
     money_back: &Reversal,
+    record: &ReversalRecord,
+    sessions: Vec<String>,
     claim: Claim,
     started_ms: u64,
     decision: &mut Decision,
 ) -> Result<Verdict, LedgerError> {
     let seen = claim == Claim::Seen;
-    let now = deps.clock.now_ms();
-    let takes_back_as = reversal::takes_back_as(money_back.disposition);
-    let record = ReversalRecord {
-        event_id: event.id.clone(),
-        reference: money_back.reference.clone(),
-        kind: money_back.disposition.as_str().to_string(),
-        takes_back_as,
-        detail: money_back.detail.clone(),
-        created_at_ms: now,
-    };
-    let sessions = deps
-        .ledger
-        .record_reversal(&record, &reversal::rules(), now)
-        .await?;
+    let takes_back_as = record.takes_back_as;
     let head = match (takes_back_as, sessions.is_empty()) {
         (Some(_), false) => Line::info("reversal recorded: taking back"),
         (Some(_), true) => Line::info("reversal recorded for a purchase not known yet"),
@@ -445,7 +464,7 @@ async fn reverse<L: Ledger, U: Upstream, C: Clock, S: Sink>(
             _ => Line::info("dispute recorded: nothing taken back (REVOKE_ON_DISPUTE=false)"),
         },
     };
-    head.id("event_id", &event.id)
+    head.id("event_id", &record.event_id)
         .id("reference", &money_back.reference)
         .label("disposition", money_back.disposition.as_str())
         .opt_id("detail", money_back.detail.as_deref())
@@ -457,7 +476,7 @@ async fn reverse<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     }
     if let Some(queue) = deps.queue {
         for session_id in &sessions {
-            if !queue_mode::send(queue, deps.log, session_id, &event.id).await {
+            if !queue_mode::send(queue, deps.log, session_id, &record.event_id).await {
                 return Ok(Verdict::Refused(Refusal::QueueUnavailable));
             }
         }

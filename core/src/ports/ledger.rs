@@ -313,6 +313,26 @@ pub trait Ledger {
         .await
     }
 
+    /// A money-back delivery's first round trip, one transaction: claims the event and,
+    /// unless the claim is a [`Claim::Conflict`], records the reversal as
+    /// [`Ledger::record_reversal`] does. Returns the claim and the sessions found.
+    ///
+    /// The D1 adapter sends it as one batch; this default composes the two calls.
+    async fn claim_reversal(
+        &self,
+        event: &EventRecord,
+        reversal: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<(Claim, Vec<String>), LedgerError> {
+        let claim = self.claim_event(event).await?;
+        if claim == Claim::Conflict {
+            return Ok((claim, Vec::new()));
+        }
+        let sessions = self.record_reversal(reversal, rules, now_ms).await?;
+        Ok((claim, sessions))
+    }
+
     /// Round trips this ledger has made so far (a batch is one): decision lines carry
     /// the difference over their request as `d1_calls`.
     fn round_trips(&self) -> u32 {

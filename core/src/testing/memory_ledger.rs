@@ -219,6 +219,28 @@ impl Ledger for MemoryLedger {
         result
     }
 
+    async fn claim_reversal(
+        &self,
+        event: &EventRecord,
+        reversal: &ReversalRecord,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<(Claim, Vec<String>), LedgerError> {
+        self.check("claim_reversal")?;
+        let outer = self.batching.replace(true);
+        let claim = self.claim_event(event).await;
+        let result = match claim {
+            Ok(Claim::Conflict) => Ok((Claim::Conflict, Vec::new())),
+            Ok(claim) => self
+                .record_reversal(reversal, rules, now_ms)
+                .await
+                .map(|sessions| (claim, sessions)),
+            Err(e) => Err(e),
+        };
+        self.batching.set(outer);
+        result
+    }
+
     async fn round(
         &self,
         session_id: &str,
