@@ -81,10 +81,10 @@ function purchase({ email = true } = {}) {
 
 const send = (evt, target = worker) => deliver(target.url, JSON.stringify(evt), { secret: WEBHOOK_SECRET });
 
-async function admin(path) {
+async function admin(path, headers = {}) {
   const res = await fetch(worker.url + path, {
     method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...headers },
     signal: AbortSignal.timeout(20_000),
   });
   const text = await res.text();
@@ -247,6 +247,30 @@ test('resend-email sends exactly one more e-mail, under a new key, logged with t
   const unknown = await admin('/admin/purchases/cs_test_unknown/resend-email');
   assert.equal(unknown.status, 404);
   assert.equal(sentTo(session.id).length, 2);
+});
+
+test('resend-email retried with the same Idempotency-Key sends nothing more; another key sends one more', async () => {
+  const { session, evt } = purchase();
+  assert.equal((await send(evt)).json.purchase_state, 'fulfilled');
+  const ticket = `ticket-${rid('t')}`;
+  const first = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': ticket });
+  assert.equal(first.status, 200, first.text);
+  assert.match(first.json.resend, /^key-[0-9a-f]{16}$/);
+  // The retry of a call whose answer was lost: Resend answers the first e-mail.
+  const retry = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': ticket });
+  assert.equal(retry.status, 200, retry.text);
+  assert.deepEqual([retry.json.resend, retry.json.email_id], [first.json.resend, first.json.email_id]);
+  let sent = sentTo(session.id);
+  assert.equal(sent.length, 2, 'the step\'s e-mail and one resend');
+  assert.equal(sent[1].idempotency_key, `${stepKey(session.id)}:resend:${first.json.resend}`);
+  const other = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': `${ticket}-b` });
+  assert.equal(other.status, 200, other.text);
+  sent = sentTo(session.id);
+  assert.equal(sent.length, 3, 'another key sends one more');
+  const bad = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': 'not a key' });
+  assert.equal(bad.status, 400, bad.text);
+  assert.equal(sentTo(session.id).length, 3);
+  assert.ok(!worker.logs().includes(ticket), 'the caller\'s key is never logged');
 });
 
 test('a purchase without an e-mail address records the step as none:no_email', async () => {

@@ -1,5 +1,6 @@
-//! The ops API's glue (`/admin/`): reads the method, path, query and `Authorization`,
-//! runs `stripe_edge_core::ops::handle` over D1, logs its lines and answers.
+//! The ops API's glue (`/admin/`): reads the method, path, query, `Authorization` and
+//! `Idempotency-Key`, runs `stripe_edge_core::ops::handle` over D1, logs its lines and
+//! answers.
 
 use std::rc::Rc;
 
@@ -23,13 +24,16 @@ pub async fn handle(
     config: Rc<Config>,
 ) -> Result<Response> {
     let started = now_ms();
-    let authorization = raw.headers().get("authorization")?;
+    let headers = raw.headers();
+    let authorization = headers.get("authorization")?;
+    let idempotency_key = headers.get("idempotency-key")?;
     let path = path_from_url(url);
     let call = OpsCall {
         method: method.as_ref(),
         path: &path,
         query: query_of(url),
         authorization: authorization.as_deref(),
+        idempotency_key: idempotency_key.as_deref(),
     };
     let runtime = Runtime::bind(&env, config)?;
     // A replay answers with the state it leaves, so it runs inline even in queue mode.

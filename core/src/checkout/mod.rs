@@ -269,21 +269,23 @@ fn parse_order(body: &[u8]) -> Result<Order, CheckoutRefusal> {
 /// a hash of it, so any printable key up to this length is fine).
 pub const MAX_CLIENT_KEY_CHARS: usize = 200;
 
+/// Whether a caller's `Idempotency-Key` is one we take: 1 to [`MAX_CLIENT_KEY_CHARS`]
+/// printable ASCII characters (`/checkout`, and the ops API's resend-email).
+pub fn is_client_key(key: &str) -> bool {
+    (1..=MAX_CLIENT_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The refusal of a caller's `Idempotency-Key` that [`is_client_key`] does not take.
+pub const BAD_CLIENT_KEY: &str = "Idempotency-Key must be 1 to 200 printable ASCII characters";
+
 fn key_source<'a>(request: &CheckoutRequest<'a>) -> Result<KeySource<'a>, CheckoutRefusal> {
     match request.idempotency_key {
         None => Ok(KeySource::Nonce(request.nonce)),
-        Some(key)
-            if (1..=MAX_CLIENT_KEY_CHARS).contains(&key.len())
-                && key.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Ok(KeySource::Client {
-                ip: request.client_ip,
-                key,
-            })
-        }
-        Some(_) => Err(CheckoutRefusal::BadRequest(
-            "Idempotency-Key must be 1 to 200 printable ASCII characters",
-        )),
+        Some(key) if is_client_key(key) => Ok(KeySource::Client {
+            ip: request.client_ip,
+            key,
+        }),
+        Some(_) => Err(CheckoutRefusal::BadRequest(BAD_CLIENT_KEY)),
     }
 }
 

@@ -112,11 +112,16 @@ impl Step {
         }
     }
 
-    /// The key of the `n`th explicit resend of the e-mail (`POST
-    /// /admin/purchases/{id}/resend-email`): a new key each time, so the upstream sends
-    /// again instead of replaying the step's first answer.
-    pub fn resend_key(session_id: &str, n: u64) -> String {
-        format!("{}:resend:{n}", Self::Email.idempotency_key(session_id))
+    /// The key of an explicit resend of the e-mail (`POST
+    /// /admin/purchases/{id}/resend-email`), never the step's own, so the upstream sends
+    /// again instead of replaying the step's first answer. `resend` names the call: its
+    /// time in ms, or `key-…` derived from the caller's `Idempotency-Key` (a retried call
+    /// then sends nothing more).
+    pub fn resend_key(session_id: &str, resend: &str) -> String {
+        format!(
+            "{}:resend:{resend}",
+            Self::Email.idempotency_key(session_id)
+        )
     }
 
     /// Derived from the purchase, not the event: every event and every retry about one
@@ -330,7 +335,7 @@ mod tests {
         assert!(Step::License < Step::Shipping && Step::Shipping < Step::Email);
         assert_eq!(Step::parse("email"), Some(Step::Email));
         assert_eq!(
-            Step::resend_key("cs_1", 7),
+            Step::resend_key("cs_1", "7"),
             "stripe-edge:cs_1:email:resend:7"
         );
     }

@@ -558,6 +558,7 @@ fn the_ops_lookup_shows_the_reversed_state_its_take_backs_and_the_reversals() {
             path,
             query,
             authorization: Some(&authorization),
+            idempotency_key: None,
         };
         let (answer, line) = block_on(crate::ops::handle(&world.deps(), call, NOW_MS));
         let (reply, _) = crate::http::ops::respond(answer, line, 0);
@@ -617,6 +618,7 @@ fn a_replay_runs_a_failed_take_back_again_but_never_a_cancelled_forward_step() {
             path: "/admin/purchases/cs_1/replay",
             query: None,
             authorization: Some(&authorization),
+            idempotency_key: None,
         };
         let (answer, line) = block_on(crate::ops::handle(&world.deps(), call, NOW_MS));
         crate::http::ops::respond(answer, line, 0).0

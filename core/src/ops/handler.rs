@@ -4,7 +4,10 @@
 
 use serde_json::{json, Value};
 
+use sha2::{Digest, Sha256};
+
 use super::{authorize, route, AdminRefusal, AdminRoute, STUCK_AFTER_MS};
+use crate::checkout::{is_client_key, BAD_CLIENT_KEY};
 use crate::fulfilment::email::{self, Letter};
 use crate::fulfilment::plan::Step;
 use crate::fulfilment::{self, Deps, ResumeError, RunOutcome};
@@ -24,6 +27,9 @@ pub struct OpsCall<'a> {
     /// The raw query string, without `?` and fragment.
     pub query: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    /// The caller's `Idempotency-Key` header (resend-email: a retried call with the same
+    /// key sends nothing more).
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// How a call ended.
@@ -74,8 +80,16 @@ where
         Ok(route) => route,
         Err(refusal) => return refused(refusal, Some(&who)),
     };
+    // A resend names itself by the caller's key when it sent one, else by its time.
+    let resend = match (&route, call.idempotency_key) {
+        (AdminRoute::ResendEmail(_), Some(key)) if !is_client_key(key) => {
+            return refused(AdminRefusal::BadRequest(BAD_CLIENT_KEY), Some(&who));
+        }
+        (AdminRoute::ResendEmail(_), Some(key)) => resend_of_key(key),
+        _ => started.to_string(),
+    };
     let trips = deps.ledger.round_trips();
-    let answer = match run(deps, &route, started).await {
+    let answer = match run(deps, &route, &resend, started).await {
         Ok(answer) => answer,
         Err(e) => OpsAnswer::Unavailable(e),
     };
@@ -85,12 +99,22 @@ where
         .opt_id("session_id", session_of(&route))
         .opt_id("event_id", event_of(&route))
         .num("d1_calls", u64::from(deps.ledger.round_trips() - trips));
-    // A resend's key is `Step::resend_key(session, started)`: the line names it.
+    // A resend's key is `Step::resend_key(session, resend)`: the line names it.
     let line = match route {
-        AdminRoute::ResendEmail(_) => line.num("resend", started),
+        AdminRoute::ResendEmail(_) => line.id("resend", &resend),
         _ => line,
     };
     (answer, line)
+}
+
+/// A resend named by the caller's `Idempotency-Key`: `key-` and the first 16 hex digits
+/// of its SHA-256 (the caller's value itself reaches neither Resend nor the log).
+fn resend_of_key(key: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"stripe-edge resend-email:")
+        .chain_update(key.as_bytes())
+        .finalize();
+    format!("key-{}", &hex::encode(digest)[..16])
 }
 
 fn refused(refusal: AdminRefusal, who: Option<&str>) -> (OpsAnswer, Line) {
@@ -118,6 +142,7 @@ fn event_of(route: &AdminRoute) -> Option<&str> {
 async fn run<L, U, C, S>(
     deps: &Deps<'_, L, U, C, S>,
     route: &AdminRoute,
+    resend: &str,
     started: u64,
 ) -> Result<OpsAnswer, LedgerError>
 where
@@ -132,7 +157,7 @@ where
         AdminRoute::Purchase(id) => purchase(ledger, id).await,
         AdminRoute::ListPurchases(query) => list(ledger, query, started).await,
         AdminRoute::Replay(id) => replay(deps, id, started).await,
-        AdminRoute::ResendEmail(id) => resend_email(deps, id, started).await,
+        AdminRoute::ResendEmail(id) => resend_email(deps, id, resend, started).await,
     }
 }
 
@@ -280,13 +305,15 @@ where
     })
 }
 
-/// Sends the buyer's e-mail once more, on purpose, under a new Idempotency-Key
-/// (`Step::resend_key(id, started)`): the license e-mail when the license step is done,
-/// the order confirmation when the purchase has no license step. The ledger is not
-/// written: the e-mail step's own row stays as it was.
+/// Sends the buyer's e-mail once more, on purpose, under the resend's own
+/// Idempotency-Key (`Step::resend_key(id, resend)`: new for each call, or the same for
+/// calls carrying the same `Idempotency-Key`): the license e-mail when the license step
+/// is done, the order confirmation when the purchase has no license step. The ledger
+/// is not written: the e-mail step's own row stays as it was.
 async fn resend_email<L, U, C, S>(
     deps: &Deps<'_, L, U, C, S>,
     id: &str,
+    resend: &str,
     started: u64,
 ) -> Result<OpsAnswer, LedgerError>
 where
@@ -342,7 +369,7 @@ where
             "the Checkout Session has no e-mail address",
         ));
     };
-    let key = Step::resend_key(id, started);
+    let key = Step::resend_key(id, resend);
     let request = email::request(&config.email, api_key, from, &session, to, &letter, key);
     let kind = match letter {
         Letter::License(_) => "license",
@@ -351,11 +378,11 @@ where
     let sent = call(deps.upstream, deps.clock, deadline, Callee::Email, request).await;
     Ok(match sent.and_then(|body| email::email_id(&body)) {
         Ok(email_id) => OpsAnswer::Found(json!({
-            "session_id": id, "outcome": "sent", "kind": kind, "email_id": email_id, "resend": started,
+            "session_id": id, "outcome": "sent", "kind": kind, "email_id": email_id, "resend": resend,
         })),
         Err(e) => OpsAnswer::EmailFailed(json!({
             "session_id": id, "outcome": "email_failed", "kind": kind, "retryable": !e.is_permanent(),
-            "error": e.message(), "resend": started,
+            "error": e.message(), "resend": resend,
         })),
     })
 }
@@ -404,6 +431,7 @@ mod tests {
             path,
             query,
             authorization: Some(&authorization),
+            idempotency_key: None,
         };
         let (answer, line) = block_on(handle(&world.deps(), call, NOW_MS));
         let (reply, lines) = respond(answer, line, 0);
@@ -419,6 +447,7 @@ mod tests {
             path: "/admin/purchases",
             query: None,
             authorization: Some("Bearer x"),
+            idempotency_key: None,
         };
         let (answer, _) = block_on(handle(&closed.deps(), call, NOW_MS));
         assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::NotFound));
@@ -438,6 +467,7 @@ mod tests {
             path: "/admin/purchases",
             query: None,
             authorization: Some(&authorization),
+            idempotency_key: None,
         };
         let (answer, _) = block_on(handle(&world.deps(), call, NOW_MS));
         assert_eq!(answer, OpsAnswer::Refused(AdminRefusal::NotFound));
@@ -554,6 +584,7 @@ mod tests {
             path: "/admin/purchases/cs_1/resend-email",
             query: None,
             authorization: Some(&authorization),
+            idempotency_key: None,
         };
         let (answer, line) = block_on(handle(&world.deps(), request, NOW_MS));
         let (reply, lines) = respond(answer, line, 0);
@@ -569,7 +600,8 @@ mod tests {
         assert_eq!(sent[1].body, sent[0].body, "the same e-mail");
         let line = lines.last().unwrap().to_json();
         assert!(line.contains("tok_") && line.contains(r#""route":"resend_email""#));
-        assert!(line.contains(&format!(r#""resend":{NOW_MS}"#)), "{line}");
+        assert!(line.contains(&format!(r#""resend":"{NOW_MS}""#)), "{line}");
+        assert_eq!(reply.value()["resend"], NOW_MS.to_string());
         assert!(!line.contains("ada@example.com"));
         // The next resend gets its own key.
         world.clock.0.set(NOW_MS + 1);
@@ -585,6 +617,56 @@ mod tests {
         assert_ne!(keys[1], keys[2]);
         let step = world.ledger.step_row("cs_1", "email").unwrap();
         assert_eq!(step.result.as_deref(), Some("em_1"), "the step's row stays");
+    }
+
+    #[test]
+    fn a_resend_retried_with_the_same_idempotency_key_sends_under_the_same_key() {
+        let world = email_world();
+        deliver(&world);
+        let authorization = format!("Bearer {TOKEN}");
+        let resend = |key: Option<&str>, now: u64| {
+            let request = OpsCall {
+                method: "POST",
+                path: "/admin/purchases/cs_1/resend-email",
+                query: None,
+                authorization: Some(&authorization),
+                idempotency_key: key,
+            };
+            let (answer, line) = block_on(handle(&world.deps(), request, now));
+            respond(answer, line, 0)
+        };
+        let (first, lines) = resend(Some("lost-email-ticket-42"), NOW_MS);
+        assert_eq!(first.status, 200, "{:?}", first.body);
+        let name = first.value()["resend"].as_str().unwrap().to_string();
+        assert!(name.starts_with("key-") && name.len() == 20, "{name}");
+        let line = lines.last().unwrap().to_json();
+        assert!(line.contains(&format!(r#""resend":"{name}""#)), "{line}");
+        assert!(
+            !line.contains("lost-email-ticket-42"),
+            "the caller's key is never logged"
+        );
+        // The same key later (a retry after a timeout): the same Idempotency-Key, so
+        // Resend answers the first e-mail instead of sending another.
+        let (again, _) = resend(Some("lost-email-ticket-42"), NOW_MS + 5_000);
+        assert_eq!(again.value()["resend"], name.as_str());
+        // Another key, or none: a resend of its own.
+        let (other, _) = resend(Some("lost-email-ticket-43"), NOW_MS + 6_000);
+        assert_ne!(other.value()["resend"], name.as_str());
+        let keys: Vec<String> = world
+            .upstream
+            .calls_to(Svc::Email)
+            .iter()
+            .map(|c| c.header("idempotency-key").unwrap().to_string())
+            .collect();
+        let expected = format!("stripe-edge:cs_1:email:resend:{name}");
+        assert_eq!(keys[1], expected);
+        assert_eq!(keys[2], expected);
+        assert_ne!(keys[3], expected);
+        assert!(keys.iter().all(|k| !k.contains("ticket")));
+        // A key we would not take: 400, nothing sent.
+        let (bad, _) = resend(Some("has spaces"), NOW_MS + 7_000);
+        assert_eq!(bad.status, 400, "{:?}", bad.body);
+        assert_eq!(world.upstream.calls_to(Svc::Email).len(), 4);
     }
 
     #[test]
