@@ -1,15 +1,19 @@
 // The Worker's entry (wrangler.toml `main`; scripts/build.sh minifies it into
-// build/entry.mjs). It moves the request and decides nothing: every HTTP request goes to
-// Rust's `serve` (src/entry.rs), which routes it and hands back the Response; queue
-// batches and cron runs go to the handlers worker-build generated from src/lib.rs.
+// build/entry.mjs). It moves values and decides nothing: Rust says which requests it
+// reads itself, and answers every one of them.
+//
+// - A small webhook delivery (src/fast_webhook.rs says which): the body is read here,
+//   Rust verifies and classifies it in one call; an event that is only recorded gets its
+//   claim run here and its answer from Rust in a second call; anything else goes on in
+//   Rust (`serve_verified`). No future, executor or binding object on that path: over a
+//   new isolate's first deliveries it cost the least (BENCHMARKS.md, "Session 7").
+// - Every other request goes to Rust's `serve` (src/entry.rs), which routes it.
+// - Queue batches and cron runs go to the handlers worker-build generated (src/lib.rs).
 //
 // Why not worker-build's default export: it constructs a WorkerEntrypoint behind two
 // Proxies per request, and runs the fetch handler on wasm-bindgen-futures' executor
-// (a queueMicrotask hop at the start and after every awaited promise); together with the
-// D1 claim's second statement that was most of the CPU the Rust Worker spent above the
-// JavaScript reference (BENCHMARKS.md, "Whole Workers under the same workerd"). A panic
-// or trap still re-instantiates the wasm on the next call (index.js checks on every call
-// into it).
+// (a queueMicrotask hop at the start and after every awaited promise). A panic or trap
+// still re-instantiates the wasm on the next call (index.js checks on every call).
 
 import Rust from './index.js';
 
@@ -17,8 +21,47 @@ import Rust from './index.js';
 // `this.env` and `this.ctx`).
 const rust = Rust.prototype;
 
+const JSON_HEADERS = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+const OK = { status: 200, headers: JSON_HEADERS };
+let claimSql; // the ledger's claim statement, from Rust once per isolate
+
+/** Rust's `A` answer (it logged the decision): three digits of status, the JSON body. */
+function respond(answer) {
+  const status = Number(answer.slice(1, 4));
+  return new Response(answer.slice(4), status === 200 ? OK : { status, headers: JSON_HEADERS });
+}
+
+async function webhook(request, env, signature, started) {
+  const body = new Uint8Array(await request.arrayBuffer());
+  const begun = rust.webhook_begin(body, signature, env, started);
+  if (begun[0] === 'A') return respond(begun);
+  if (begun[0] !== 'C') {
+    return new Promise((resolve) => {
+      rust.serve_verified(body, env, started, resolve);
+    });
+  }
+  const args = JSON.parse(begun.slice(1));
+  let row = null;
+  let error;
+  try {
+    claimSql ??= rust.claim_sql();
+    row = await env.DB.prepare(claimSql).bind(...args).first();
+  } catch (e) {
+    error = String(e?.message ?? e);
+  }
+  const returned = row !== null && row !== undefined;
+  return respond(rust.webhook_claimed(
+    args[0], args[1], args[5], returned, returned ? row.type : undefined,
+    returned ? row.object_id ?? undefined : undefined, error, started,
+  ));
+}
+
 export default {
   fetch(request, env) {
+    const headers = request.headers;
+    if (rust.webhook_fast(request.method, request.url, headers.get('content-length'), env)) {
+      return webhook(request, env, headers.get('stripe-signature'), Date.now());
+    }
     return new Promise((resolve) => {
       rust.serve(request, env, resolve);
     });

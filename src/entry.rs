@@ -42,6 +42,21 @@ pub fn serve(request: web_sys::Request, env: Env, resolve: js_sys::Function) {
     );
 }
 
+/// A webhook delivery the entry read itself (`src/fast_webhook.rs`) whose signature the
+/// core verified: recorded and acted on as by [`serve`]; the `Response` goes to `resolve`.
+#[wasm_bindgen]
+pub fn serve_verified(body: Vec<u8>, env: Env, started: f64, resolve: js_sys::Function) {
+    Run::start(
+        Box::pin(async move {
+            let config = crate::runtime::load_config(&env);
+            let input = router::Input::Verified(&body);
+            let reply = router::decide(&env, config, input, started as u64).await;
+            crate::response::json(reply).map_or_else(|_| JsValue::UNDEFINED, JsValue::from)
+        }),
+        resolve,
+    );
+}
+
 /// One request's future, driven without wasm-bindgen-futures' executor: polled at once,
 /// and again right inside the callback of a [`settle::settled`] promise that wakes it (which
 /// stores the value before waking); other wakes are polled from a microtask, since some

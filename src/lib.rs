@@ -5,6 +5,7 @@
 
 pub mod d1;
 pub mod entry;
+pub mod fast_webhook;
 pub mod fetch;
 pub mod ops;
 pub mod queue;

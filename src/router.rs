@@ -65,7 +65,7 @@ fn apart<'a>(
 
 /// The path of a serialised URL (`https://host/path?query`), split as a string: the
 /// `url` crate's parser would add its IDNA tables to the upload (see BENCHMARKS.md).
-fn path_of(url: &str) -> &str {
+pub fn path_of(url: &str) -> &str {
     // A byte scan, not `find("://")`: a substring search sets up a two-way searcher
     // for every request (`bench/profile.mjs`).
     let after_scheme = url
@@ -176,9 +176,28 @@ async fn deliver(
         body: body.bytes(),
         tags: tags.as_deref(),
     };
+    decide(env, config, Input::Delivery(delivery), started).await
+}
+
+/// What [`decide`] takes: a delivery to verify, or the body of one the core verified
+/// already (`ingress::verify`, on the entry's own path: `src/fast_webhook.rs`).
+pub enum Input<'a> {
+    Delivery(Delivery<'a>),
+    Verified(&'a [u8]),
+}
+
+/// Verifies (unless done), records and decides (the core's `ingress::handle` or
+/// `ingress::ingest`), logs the decision line with its D1 round trips, returns the reply.
+pub async fn decide(env: &Env, config: Rc<Config>, input: Input<'_>, started: u64) -> Reply {
     let (decision, d1_calls) = match Runtime::bind(env, config) {
         Ok(runtime) => {
-            let decision = ingress::handle(&runtime.deps(true), delivery, started).await;
+            let deps = runtime.deps(true);
+            let decision = match input {
+                Input::Delivery(delivery) => ingress::handle(&deps, delivery, started).await,
+                Input::Verified(body) => {
+                    ingress::ingest(&deps, body, started, ingress::Seen::Continue).await
+                }
+            };
             (decision, runtime.ledger.calls())
         }
         Err(e) => {
@@ -324,7 +343,7 @@ fn answer(decision: Decision, started: u64, d1_calls: u32) -> Result<Response> {
 }
 
 /// Logs the decision with the D1 round trips it took; its reply.
-fn logged(decision: Decision, started: u64, d1_calls: u32) -> Reply {
+pub fn logged(decision: Decision, started: u64, d1_calls: u32) -> Reply {
     http::webhook::decision_line(&decision, now_ms().saturating_sub(started))
         .num("d1_calls", u64::from(d1_calls))
         .emit(&Console);

@@ -126,7 +126,7 @@ impl D1Ledger {
 /// - a known id with another type or object takes the no-op `DO UPDATE` (the stored row
 ///   is rewritten unchanged) only so that RETURNING gives the stored type and object,
 ///   which differ from this event's: a conflict.
-const CLAIM_EVENT: &str = "INSERT INTO events \
+pub const CLAIM_EVENT: &str = "INSERT INTO events \
     (id, type, livemode, api_version, created, object_id, disposition, received_at) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
     ON CONFLICT (id) DO UPDATE SET disposition = events.disposition \
@@ -149,9 +149,27 @@ pub(super) struct StoredEvent {
 
 /// The claim [`CLAIM_EVENT`]'s returned row (if any) means for `r`.
 pub(super) fn claim_of(r: &EventRecord, returned: Option<StoredEvent>) -> Claim {
+    claim_of_row(
+        &r.kind,
+        r.object_id.as_deref(),
+        returned.map(|s| (s.kind, s.object_id)),
+    )
+}
+
+/// [`claim_of`] from the returned row's two columns (`src/entry.mjs` runs the statement
+/// itself on its own path, `src/fast_webhook.rs`).
+pub fn claim_of_row(
+    kind: &str,
+    object_id: Option<&str>,
+    returned: Option<(String, Option<String>)>,
+) -> Claim {
     match returned {
         None => Claim::Seen,
-        Some(s) if s.kind == r.kind && s.object_id == r.object_id => Claim::New,
+        Some((stored_kind, stored_object))
+            if stored_kind == kind && stored_object.as_deref() == object_id =>
+        {
+            Claim::New
+        }
         Some(_) => Claim::Conflict,
     }
 }

@@ -16,6 +16,7 @@ use crate::ports::Enqueue;
 use crate::ports::Sink;
 use crate::ports::{Clock, Upstream};
 use crate::queue_mode;
+use crate::settings::Config;
 use crate::stripe::event::{self, CheckoutSession, Event, EventError};
 use crate::stripe::signature::{self, SignatureError, Tag};
 
@@ -140,9 +141,18 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     delivery: Delivery<'_>,
     started_ms: u64,
 ) -> Decision {
-    let config = deps.config;
+    if let Err(decision) = verify(deps.config, &delivery, started_ms) {
+        return decision;
+    }
+    ingest(deps, delivery.body, started_ms, Seen::Continue).await
+}
+
+/// The delivery's signature, checked as Stripe's SDKs do: `Err` is the refusal to
+/// answer. The first half of [`handle`]; the JavaScript entry's own path for small
+/// deliveries calls it too.
+pub fn verify(config: &Config, delivery: &Delivery<'_>, started_ms: u64) -> Result<(), Decision> {
     if config.webhook_secrets.is_empty() {
-        return Decision::refused(Refusal::NotConfigured);
+        return Err(Decision::refused(Refusal::NotConfigured));
     }
     let now_secs = (started_ms / 1000) as i64;
     let verified = match delivery.tags {
@@ -162,10 +172,9 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
                 signature::verify_tags(&header, tags, config.tolerance_secs, now_secs)
             }),
     };
-    if let Err(e) = verified {
-        return Decision::refused(Refusal::BadSignature(e));
-    }
-    ingest(deps, delivery.body, started_ms, Seen::Continue).await
+    verified
+        .map(drop)
+        .map_err(|e| Decision::refused(Refusal::BadSignature(e)))
 }
 
 /// What to do with an event the ledger already has.
@@ -177,18 +186,37 @@ pub enum Seen {
     Skip,
 }
 
-/// Records and acts on an event whose authenticity is established: a verified
-/// delivery, or an event read from the Stripe API with our key (reconciliation).
-pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
-    deps: &Deps<'_, L, U, C, S>,
-    body: &[u8],
+/// What an event asks for, read from its bytes and the settings alone (no I/O).
+pub struct Classified<'a> {
+    pub event: Event<'a>,
+    pub session: Option<CheckoutSession>,
+    pub money_back: Option<Reversal>,
+    pub disposition: Disposition,
+    /// The event as the ledger records it.
+    pub record: EventRecord,
+    /// The decision so far: the event's ids and disposition (its verdict is set by
+    /// what follows).
+    pub decision: Decision,
+}
+
+impl Classified<'_> {
+    /// Whether recording the event is all there is to do ([`recorded`] decides from
+    /// its claim): the JavaScript entry's own path for small deliveries.
+    pub fn records_only(&self) -> bool {
+        self.disposition == Disposition::Ignored
+    }
+}
+
+/// Decodes and classifies an event whose authenticity is established: the first half
+/// of [`ingest`]. `Err` is the refusal to answer (nothing recorded).
+pub fn classify<'a>(
+    body: &'a [u8],
+    config: &Config,
     started_ms: u64,
-    seen: Seen,
-) -> Decision {
-    let config = deps.config;
+) -> Result<Classified<'a>, Decision> {
     let event = match event::decode(body) {
         Ok(event) => event,
-        Err(e) => return Decision::refused(Refusal::NotAnEvent(e)),
+        Err(e) => return Err(Decision::refused(Refusal::NotAnEvent(e))),
     };
     let mut decision = Decision {
         event_id: Some(event.id.clone()),
@@ -199,7 +227,7 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     let session = if plan::needs_session(&event.kind) {
         match event.checkout_session() {
             Ok(session) => Some(session),
-            Err(_) => return decision, // refused as BadSession: nothing recorded
+            Err(_) => return Err(decision), // refused as BadSession: nothing recorded
         }
     } else {
         None
@@ -214,7 +242,7 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     };
     if (session.is_some() || money_back.is_some()) && config.livemode_is_invalid() {
         decision.verdict = Verdict::Refused(Refusal::LivemodeInvalid);
-        return decision;
+        return Err(decision);
     }
     let disposition = match &money_back {
         Some(_) if config.livemode.is_some_and(|l| l != event.livemode) => {
@@ -225,6 +253,53 @@ pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     };
     decision.disposition = Some(disposition);
     let record = record(&event, disposition, started_ms);
+    Ok(Classified {
+        event,
+        session,
+        money_back,
+        disposition,
+        record,
+        decision,
+    })
+}
+
+/// The verdict on an event that is only recorded, from its claim: a conflicting id is
+/// refused, a seen one is a duplicate, a ledger failure is a 503 (Stripe retries).
+pub fn recorded(mut decision: Decision, claim: Result<Claim, LedgerError>) -> Decision {
+    decision.verdict = match claim {
+        Err(e) => Verdict::Refused(Refusal::Unavailable(e)),
+        Ok(Claim::Conflict) => Verdict::Refused(Refusal::ConflictingEvent),
+        Ok(Claim::Seen) => Verdict::Recorded(Status::Duplicate),
+        Ok(Claim::New) => Verdict::Recorded(Status::Ignored),
+    };
+    decision
+}
+
+/// Records and acts on an event whose authenticity is established: a verified
+/// delivery, or an event read from the Stripe API with our key (reconciliation).
+pub async fn ingest<L: Ledger, U: Upstream, C: Clock, S: Sink>(
+    deps: &Deps<'_, L, U, C, S>,
+    body: &[u8],
+    started_ms: u64,
+    seen: Seen,
+) -> Decision {
+    let config = deps.config;
+    let Classified {
+        event,
+        session,
+        money_back,
+        disposition,
+        record,
+        mut decision,
+    } = match classify(body, config, started_ms) {
+        Ok(classified) => classified,
+        Err(decision) => return decision,
+    };
+    // An event only recorded: its claim is all there is to do.
+    if disposition == Disposition::Ignored {
+        let claim = deps.ledger.claim_event(&record).await;
+        return recorded(decision, claim);
+    }
     // A paid purchase delivered by Stripe: the event's claim rides the purchase's first
     // round trip (one transaction: a conflicting id opens nothing).
     if let (Disposition::Fulfil, Seen::Continue, Some(session)) = (disposition, seen, &session) {
@@ -661,5 +736,92 @@ mod tests {
             decision.verdict,
             Verdict::Refused(Refusal::Unavailable(_))
         ));
+    }
+
+    // The entry's own path (src/fast_webhook.rs) runs verify, classify and recorded
+    // itself, around a claim it makes: they must decide as `handle` does.
+    fn signed(body: &str) -> String {
+        sign_header(WEBHOOK_SECRET, (NOW_MS / 1000) as i64, body.as_bytes())
+    }
+
+    #[test]
+    fn only_an_ignored_event_is_recorded_only() {
+        let world = world();
+        let config = &world.config;
+        let classified = |kind: &str| {
+            let text = body(kind);
+            classify(text.as_bytes(), config, NOW_MS).map(|c| c.records_only())
+        };
+        assert_eq!(classified("customer.created"), Ok(true));
+        assert_eq!(classified("payment_intent.succeeded"), Ok(true));
+        assert_eq!(classified("checkout.session.completed"), Ok(false));
+        assert_eq!(
+            classified("checkout.session.async_payment_failed"),
+            Ok(false)
+        );
+        // Not an event at all: refused before any claim.
+        assert!(matches!(
+            classify(b"{}", config, NOW_MS).map(|c| c.records_only()),
+            Err(Decision {
+                verdict: Verdict::Refused(Refusal::NotAnEvent(_)),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_recorded_only_path_decides_as_handle_does() {
+        for claim in [Claim::New, Claim::Seen, Claim::Conflict] {
+            let world = world();
+            let text = body("customer.created");
+            let header = signed(&text);
+            let delivery = Delivery {
+                signature: Some(&header),
+                body: text.as_bytes(),
+                tags: None,
+            };
+            assert_eq!(verify(&world.config, &delivery, NOW_MS), Ok(()));
+            let classified = classify(text.as_bytes(), &world.config, NOW_MS).unwrap();
+            assert!(classified.records_only());
+            let fast = recorded(classified.decision.clone(), Ok(claim));
+            // The same delivery through `handle`, its claim made to come out the same.
+            match claim {
+                Claim::New => {}
+                Claim::Seen => {
+                    block_on(world.ledger.claim_event(&classified.record)).unwrap();
+                }
+                Claim::Conflict => {
+                    let other = EventRecord {
+                        kind: "invoice.paid".into(),
+                        ..classified.record.clone()
+                    };
+                    block_on(world.ledger.claim_event(&other)).unwrap();
+                }
+            }
+            let slow = block_on(handle(&world.deps(), delivery, NOW_MS));
+            assert_eq!(fast, slow, "{claim:?}");
+        }
+        // A ledger failure: 503, as `handle` answers.
+        let world = world();
+        let classified = classify(body("customer.created").as_bytes(), &world.config, NOW_MS)
+            .map(|c| c.decision)
+            .unwrap();
+        let failed = LedgerError {
+            operation: "claim_event",
+            detail: "D1_ERROR".into(),
+        };
+        assert!(matches!(
+            recorded(classified, Err(failed)).verdict,
+            Verdict::Refused(Refusal::Unavailable(_))
+        ));
+        // A bad signature is refused by `verify` as by `handle`.
+        let text = body("customer.created");
+        let delivery = Delivery {
+            signature: Some("t=1,v1=00"),
+            body: text.as_bytes(),
+            tags: None,
+        };
+        let refused = verify(&world.config, &delivery, NOW_MS).unwrap_err();
+        assert_eq!(refused, block_on(handle(&world.deps(), delivery, NOW_MS)));
     }
 }

@@ -1,0 +1,126 @@
+//! The webhook deliveries `src/entry.mjs` drives itself: a small body (up to
+//! [`FAST_MAX_BYTES`]) of an event that is only recorded. JavaScript reads the body and
+//! runs the event's claim; wasm is entered once before the claim and once after it,
+//! with no future, executor or binding objects in between. Every decision is the core's
+//! (`ingress::verify`, `ingress::classify`, `ingress::recorded`, the same functions
+//! `ingress::handle` runs); this file only moves values across. Anything else (a purchase,
+//! a reversal) goes on through `router::decide` with the body already verified.
+//!
+//! Why (`bench/ab.mjs`, BENCHMARKS.md "Session 7"): over a new isolate's first 300
+//! deliveries the async path cost 1.27x the JavaScript reference's CPU, this one 1.12x.
+
+use stripe_edge_core::fulfilment::plan::Disposition;
+use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
+use stripe_edge_core::ports::ledger::{EventRecord, LedgerError};
+use wasm_bindgen::prelude::wasm_bindgen;
+use worker::Env;
+
+use crate::d1::ledger::{claim_of_row, CLAIM_EVENT};
+use crate::router::{self, WEBHOOK_PATH};
+use crate::runtime::load_config;
+
+/// The largest declared body this path takes: it hashes in wasm (no SubtleCrypto
+/// promise to await), which stays cheaper than a promise round trip up to about here.
+pub const FAST_MAX_BYTES: u64 = 16 * 1024;
+
+/// Whether the entry takes this request on its own path: a POST to the webhook with a
+/// declared length within [`FAST_MAX_BYTES`] and `MAX_BODY_BYTES`, a secret configured.
+#[wasm_bindgen]
+pub fn webhook_fast(method: &str, url: &str, content_length: Option<String>, env: &Env) -> bool {
+    if method != "POST" || router::path_of(url) != WEBHOOK_PATH {
+        return false;
+    }
+    let config = load_config(env);
+    let cap = config.max_body_bytes.min(FAST_MAX_BYTES);
+    !config.webhook_secrets.is_empty()
+        && content_length
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= cap)
+}
+
+/// The statement the entry runs for the event's claim (the ledger's own).
+#[wasm_bindgen]
+pub fn claim_sql() -> String {
+    CLAIM_EVENT.to_string()
+}
+
+/// The first half: verifies and classifies. Answers `C` and the claim's arguments as a
+/// JSON array (an event only recorded: the entry runs the claim), `F` (anything else:
+/// the entry hands the body to `serve_verified`), or `A` and an answer ([`answer`]).
+#[wasm_bindgen]
+pub fn webhook_begin(body: &[u8], signature: Option<String>, env: &Env, started: f64) -> String {
+    let started = started as u64;
+    let config = load_config(env);
+    let delivery = Delivery {
+        signature: signature.as_deref(),
+        body,
+        tags: None,
+    };
+    if let Err(decision) = ingress::verify(&config, &delivery, started) {
+        return answer(decision, started, 0);
+    }
+    match ingress::classify(body, &config, started) {
+        Err(decision) => answer(decision, started, 0),
+        Ok(classified) if classified.records_only() => claim_args(&classified.record),
+        Ok(_) => "F".to_string(),
+    }
+}
+
+/// The second half, from the claim's outcome: the returned row's two columns
+/// (`returned`: a row came back), or the error D1 threw. Answers `A` and an answer.
+#[wasm_bindgen]
+#[allow(clippy::too_many_arguments)]
+pub fn webhook_claimed(
+    id: String,
+    kind: String,
+    object_id: Option<String>,
+    returned: bool,
+    stored_kind: Option<String>,
+    stored_object: Option<String>,
+    error: Option<String>,
+    started: f64,
+) -> String {
+    let claim = match error {
+        Some(detail) => Err(LedgerError {
+            operation: "claim_event",
+            detail,
+        }),
+        None => {
+            let row = returned.then(|| (stored_kind.unwrap_or_default(), stored_object));
+            Ok(claim_of_row(&kind, object_id.as_deref(), row))
+        }
+    };
+    let decision = Decision {
+        event_id: Some(id),
+        event_type: Some(kind),
+        object_id,
+        disposition: Some(Disposition::Ignored),
+        ..Decision::refused(Refusal::NotFound)
+    };
+    answer(ingress::recorded(decision, claim), started as u64, 1)
+}
+
+/// `C` and the claim's arguments, in the statement's order.
+fn claim_args(r: &EventRecord) -> String {
+    let args = (
+        &r.id,
+        &r.kind,
+        u8::from(r.livemode),
+        &r.api_version,
+        r.created,
+        &r.object_id,
+        r.disposition,
+        r.received_at_ms,
+    );
+    let mut out = String::from("C");
+    out.push_str(&serde_json::to_string(&args).unwrap_or_default());
+    out
+}
+
+/// The decision logged (as every webhook decision is) and its reply for the entry:
+/// `A`, the status in three digits, the JSON body.
+fn answer(decision: Decision, started: u64, d1_calls: u32) -> String {
+    let reply = router::logged(decision, started, d1_calls);
+    debug_assert!(reply.allow.is_none(), "no 405 on this path");
+    format!("A{}{}", reply.status, reply.body)
+}
