@@ -60,7 +60,8 @@ export default {
   fetch(request, env) {
     const headers = request.headers;
     if (rust.webhook_fast(request.method, request.url, headers.get('content-length'), env)) {
-      return webhook(request, env, headers.get('stripe-signature'), Date.now());
+      return webhook(request, env, headers.get('stripe-signature'), Date.now())
+        .catch((e) => rust.failed(String(e?.message ?? e)));
     }
     return new Promise((resolve) => {
       rust.serve(request, env, resolve);

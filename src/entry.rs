@@ -57,6 +57,14 @@ pub fn serve_verified(body: Vec<u8>, env: Env, started: f64, resolve: js_sys::Fu
     );
 }
 
+/// The entry's own path failed outside any decision (the body could not be read): logged
+/// and answered as [`serve`] answers a glue error (`router::internal_error`).
+#[wasm_bindgen]
+pub fn failed(detail: String) -> JsValue {
+    router::internal_error(&worker::Error::RustError(detail))
+        .map_or_else(|_| JsValue::UNDEFINED, JsValue::from)
+}
+
 /// One request's future, driven without wasm-bindgen-futures' executor: polled at once,
 /// and again right inside the callback of a [`settle::settled`] promise that wakes it (which
 /// stores the value before waking); other wakes are polled from a microtask, since some
