@@ -193,3 +193,18 @@ test('a refund under an id already recorded for another event records no reversa
   assert.equal(purchase.state, 'fulfilled');
   assert.equal(standin.revocations().length, 0);
 });
+
+test('an ignored event under an id already recorded for another object is refused after 1 D1 round trip (the entry\'s own path)', async () => {
+  const first = event('customer.created', { id: rid('cus'), object: 'customer' });
+  assert.equal((await send(first)).json?.status, 'ignored');
+  const forged = event('customer.created', { id: rid('cus'), object: 'customer' });
+  forged.id = first.id;
+  const res = await send(forged);
+  assert.equal(res.status, 400, res.text);
+  const line = (await linesUntil(worker, 0, (l) => l.event_id === first.id && l.reason === 'event_id_conflict', 1, 'conflict line'))[0];
+  assert.equal(line.d1_calls, 1, JSON.stringify(line));
+  const [row] = await worker.d1(`SELECT object_id FROM events WHERE id = '${first.id}'`);
+  assert.equal(row.object_id, first.data.object.id, 'the first event stays as recorded');
+  // Seen again as itself: a duplicate, one round trip.
+  assert.equal((await send(first)).json?.status, 'duplicate');
+});
