@@ -17,14 +17,15 @@ use worker::Env;
 
 use crate::d1::ledger::{claim_of_row, CLAIM_EVENT};
 use crate::router::{self, WEBHOOK_PATH};
-use crate::runtime::load_config;
+use crate::runtime::{has_db, load_config};
 
 /// The largest declared body this path takes: it hashes in wasm (no SubtleCrypto
 /// promise to await), which stays cheaper than a promise round trip up to about here.
 pub const FAST_MAX_BYTES: u64 = 16 * 1024;
 
 /// Whether the entry takes this request on its own path: a POST to the webhook with a
-/// declared length within [`FAST_MAX_BYTES`] and `MAX_BODY_BYTES`, a secret configured.
+/// declared length within [`FAST_MAX_BYTES`] and `MAX_BODY_BYTES`, a secret configured
+/// and D1 bound (without it, `router::decide` answers as it always did).
 #[wasm_bindgen]
 pub fn webhook_fast(method: &str, url: &str, content_length: Option<String>, env: &Env) -> bool {
     if method != "POST" || router::path_of(url) != WEBHOOK_PATH {
@@ -36,6 +37,7 @@ pub fn webhook_fast(method: &str, url: &str, content_length: Option<String>, env
         && content_length
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n <= cap)
+        && has_db(env)
 }
 
 /// The statement the entry runs for the event's claim (the ledger's own).
@@ -51,6 +53,11 @@ pub fn claim_sql() -> String {
 pub fn webhook_begin(body: &[u8], signature: Option<String>, env: &Env, started: f64) -> String {
     let started = started as u64;
     let config = load_config(env);
+    // As `router::deliver` does: the body read, not only the one declared, within the cap.
+    if body.len() as u64 > config.max_body_bytes {
+        let limit = config.max_body_bytes;
+        return answer(Decision::refused(Refusal::TooLarge { limit }), started, 0);
+    }
     let delivery = Delivery {
         signature: signature.as_deref(),
         body,
@@ -84,6 +91,11 @@ pub fn webhook_claimed(
         Some(detail) => Err(LedgerError {
             operation: "claim_event",
             detail,
+        }),
+        // As `D1Ledger::claim_event`: a returned row must carry the event's type.
+        None if returned && stored_kind.is_none() => Err(LedgerError {
+            operation: "claim_event",
+            detail: "the claimed row has no type".into(),
         }),
         None => {
             let row = returned.then(|| (stored_kind.unwrap_or_default(), stored_object));

@@ -140,6 +140,11 @@ fn bindings(env: &Env) -> Result<(JsValue, Option<JsValue>)> {
     Ok((db, producer))
 }
 
+/// Whether the D1 binding is there (looked up once per isolate, as [`Runtime::bind`] does).
+pub fn has_db(env: &Env) -> bool {
+    bindings(env).is_ok()
+}
+
 /// The core's dependencies at the edge.
 pub type EdgeDeps<'a> = Deps<'a, D1Ledger, FetchUpstream, WorkerClock, Console>;
 
