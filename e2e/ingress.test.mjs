@@ -235,7 +235,19 @@ describe('ingress', { timeout: 240_000 }, () => {
     test('a chunked body over MAX_BODY_BYTES without Content-Length answers 413', async () => {
       const { evt, payload } = eventOfSize(MAX_BODY_BYTES + 8 * 1024);
       ids.rejected.add(evt.id);
-      const res = await postChunked(payload, NEW_SECRET);
+      // The Worker answers as soon as the stream passes the cap, and the connection closes
+      // while the client may still be writing the rest: on a loaded machine that write
+      // fails (EPIPE, ECONNRESET) and the client loses the answer. Nothing is recorded
+      // either way (checked below), so send again, a bounded number of times.
+      let res;
+      for (let attempt = 1; !res; attempt += 1) {
+        try {
+          res = await postChunked(payload, NEW_SECRET);
+        } catch (e) {
+          const code = e?.cause?.code ?? '';
+          if (attempt >= 5 || !['EPIPE', 'ECONNRESET', 'UND_ERR_SOCKET'].includes(code)) throw e;
+        }
+      }
       assert.equal(res.status, 413, res.text);
     });
 
