@@ -55,8 +55,7 @@ pub fn webhook_begin(body: &[u8], signature: Option<String>, env: &Env, started:
     let config = load_config(env);
     // As `router::deliver` does: the body read, not only the one declared, within the cap.
     if body.len() as u64 > config.max_body_bytes {
-        let limit = config.max_body_bytes;
-        return answer(Decision::refused(Refusal::TooLarge { limit }), started, 0);
+        return answer(router::too_large(&config), started, 0);
     }
     let delivery = Delivery {
         signature: signature.as_deref(),

@@ -128,7 +128,7 @@ fn admit(config: &Config, content_length: Option<&str>) -> Admission {
     }
 }
 
-fn too_large(config: &Config) -> Decision {
+pub fn too_large(config: &Config) -> Decision {
     Decision::refused(Refusal::TooLarge {
         limit: config.max_body_bytes,
     })
