@@ -2,11 +2,12 @@
 // build/entry.mjs). It moves values and decides nothing: Rust says which requests it
 // reads itself, and answers every one of them.
 //
-// - A small webhook delivery (src/fast_webhook.rs says which): the body is read here,
-//   Rust verifies and classifies it in one call; an event that is only recorded gets its
-//   claim run here and its answer from Rust in a second call; anything else goes on in
-//   Rust (`serve_verified`). No future, executor or binding object on that path: over a
-//   new isolate's first deliveries it cost the least (BENCHMARKS.md, "Session 7").
+// - A webhook delivery with a declared length (src/fast_webhook.rs says which): the body
+//   is read here, Rust verifies and classifies it in one call (`S`: first SubtleCrypto
+//   signs it, a promise Rust resolves); an event that is only recorded gets its claim run
+//   here and its answer from Rust in a second call; anything else goes on in Rust
+//   (`serve_verified`). No binding object on that path and no future but the HMAC's: over
+//   a new isolate's first deliveries it cost the least (BENCHMARKS.md, "Session 7").
 // - Every other request goes to Rust's `serve` (src/entry.rs), which routes it.
 // - Queue batches and cron runs go to the handlers worker-build generated (src/lib.rs).
 //
@@ -33,7 +34,12 @@ function respond(answer) {
 
 async function webhook(request, env, signature, started) {
   const body = new Uint8Array(await request.arrayBuffer());
-  const begun = rust.webhook_begin(body, signature, env, started);
+  let begun = rust.webhook_begin(body, signature, env, started);
+  if (begun === 'S') {
+    begun = await new Promise((resolve) => {
+      rust.webhook_signed(body, signature, env, started, resolve);
+    });
+  }
   if (begun[0] === 'A') return respond(begun);
   if (begun[0] !== 'C') {
     return new Promise((resolve) => {

@@ -57,6 +57,11 @@ pub fn serve_verified(body: Vec<u8>, env: Env, started: f64, resolve: js_sys::Fu
     );
 }
 
+/// Drives `job` as [`serve`] drives a request: its output goes to `resolve`.
+pub(crate) fn spawn(job: impl Future<Output = JsValue> + 'static, resolve: js_sys::Function) {
+    Run::start(Box::pin(job), resolve);
+}
+
 /// The entry's own path failed outside any decision (the body could not be read): logged
 /// and answered as [`serve`] answers a glue error (`router::internal_error`).
 #[wasm_bindgen]

@@ -51,6 +51,12 @@ impl Body {
         Some(header.timestamp_text + ".")
     }
 
+    /// Whether a body of `len` bytes under `header` would be signed by SubtleCrypto
+    /// (from [`MIN_BYTES`], a readable header, SubtleCrypto present).
+    pub fn signs(header: Option<&str>, len: usize) -> bool {
+        SUBTLE.with(Option::is_some) && Self::prefix(header, len).is_some()
+    }
+
     /// A body read from the stream (no `Content-Length`): moved as it is, or copied once
     /// behind its prefix.
     pub fn plain(header: Option<&str>, bytes: Vec<u8>) -> Self {
