@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use std::cell::Cell;
 use stripe_edge_core::ports::ledger::{
-    Claim, ClaimAsk, EventRecord, Ledger, LedgerError, Opening, PaymentRefs, PurchaseState,
-    ReversalRecord, RoundResult, Settle, Settlement, StepClaim, StepRow, StepState, TakeBackRule,
+    Claim, ClaimAsk, EventRecord, Ledger, LedgerError, Opening, PurchaseState, ReversalRecord,
+    RoundResult, Settle, StepRow, StepState, TakeBackRule,
 };
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsCast;
@@ -359,14 +359,6 @@ impl Ledger for D1Ledger {
         self.calls()
     }
 
-    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
-        const SQL: &str = "SELECT state FROM purchases WHERE session_id = ?1";
-        let row: Option<StateOnly> = self
-            .first("purchase_state", SQL, &[text(session_id)])
-            .await?;
-        Ok(row.and_then(|r| PurchaseState::parse(&r.state)))
-    }
-
     async fn claim_event(&self, r: &EventRecord) -> Result<Claim, LedgerError> {
         const OP: &str = "claim_event";
         let statement = self.claim_statement(OP, r)?;
@@ -425,67 +417,6 @@ impl Ledger for D1Ledger {
             .map(drop)
     }
 
-    async fn open_purchase(
-        &self,
-        session_id: &str,
-        livemode: bool,
-        event_id: &str,
-        steps: &[&'static str],
-        refs: &PaymentRefs,
-        rules: &[TakeBackRule],
-        now_ms: u64,
-    ) -> Result<(), LedgerError> {
-        // The lazy backfill: ids are written where none is stored, never overwritten.
-        const REFS: &str = "UPDATE purchases SET payment_intent = COALESCE(payment_intent, ?2), \
-            subscription = COALESCE(subscription, ?3) WHERE session_id = ?1 \
-            AND ((payment_intent IS NULL AND ?2 IS NOT NULL) OR (subscription IS NULL AND ?3 IS NOT NULL))";
-        const INSERT_STEP: &str =
-            "INSERT INTO steps (session_id, step, event_id, state, attempts, created_at, updated_at) \
-            VALUES (?1, ?2, ?4, 'pending', 0, ?3, ?3) ON CONFLICT (session_id, step) DO NOTHING";
-        let state = if steps.is_empty() {
-            "nothing_to_fulfil"
-        } else {
-            "fulfilling"
-        };
-        let purchase_args = [
-            text(session_id),
-            text(state),
-            int(i64::from(livemode)),
-            int(now_ms as i64),
-            text(r#"["awaiting_payment","payment_failed"]"#),
-        ];
-        let refs_args = [
-            text(session_id),
-            opt_text(refs.payment_intent.as_deref()),
-            opt_text(refs.subscription.as_deref()),
-        ];
-        let mut batch = vec![
-            self.statement("open_fulfilment", UPSERT_PURCHASE, &purchase_args)?,
-            self.statement("open_fulfilment", REFS, &refs_args)?,
-        ];
-        for step in steps {
-            let args = [
-                text(session_id),
-                text(step),
-                int(now_ms as i64),
-                text(event_id),
-            ];
-            batch.push(self.statement("open_fulfilment", INSERT_STEP, &args)?);
-        }
-        // A reversal recorded before this purchase arrived (or while it was open):
-        // its steps are cancelled in this same transaction, before anyone can claim one.
-        batch.extend(self.apply_reversals(
-            "open_fulfilment",
-            Some(session_id),
-            None,
-            rules,
-            now_ms,
-        )?);
-        // One batch is one transaction and one round trip; each statement is idempotent
-        // on its own, so a retry after a partial failure is safe too.
-        self.batch("open_fulfilment", batch).await.map(drop)
-    }
-
     async fn record_reversal(
         &self,
         record: &ReversalRecord,
@@ -509,33 +440,6 @@ impl Ledger for D1Ledger {
         self.reversals(session_id).await
     }
 
-    async fn claim_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        now_ms: u64,
-        lease_until: u64,
-    ) -> Result<Option<StepClaim>, LedgerError> {
-        const SQL: &str = "UPDATE steps SET state = 'running', attempts = attempts + 1, lease_until = ?3, updated_at = ?4 \
-            WHERE session_id = ?1 AND step = ?2 \
-            AND ((state = 'pending' AND (direction = 'reverse' OR NOT EXISTS \
-                   (SELECT 1 FROM purchase_reversals pr WHERE pr.session_id = ?1))) \
-                 OR (state = 'running' AND lease_until <= ?4)) \
-            RETURNING attempts, event_id, body_digest";
-        let args = [
-            text(session_id),
-            text(step),
-            int(lease_until as i64),
-            int(now_ms as i64),
-        ];
-        let row: Option<Claimed> = self.first("claim_step", SQL, &args).await?;
-        Ok(row.map(|r| StepClaim {
-            attempt: r.attempts as u32,
-            event_id: r.event_id,
-            body_digest: r.body_digest,
-        }))
-    }
-
     async fn pin_body(
         &self,
         session_id: &str,
@@ -555,18 +459,6 @@ impl Ledger for D1Ledger {
             int(now_ms as i64),
         ];
         Ok(self.run("pin_body", SQL, &args).await? == 1)
-    }
-
-    async fn step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-    ) -> Result<Option<StepRow>, LedgerError> {
-        let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE session_id = ?1 AND step = ?2");
-        let row: Option<RawStep> = self
-            .first("step", &sql, &[text(session_id), text(step)])
-            .await?;
-        Ok(row.and_then(RawStep::into_row))
     }
 
     async fn steps_of(&self, session_id: &str) -> Result<Vec<StepRow>, LedgerError> {
@@ -689,29 +581,6 @@ impl Ledger for D1Ledger {
         ];
         let rows: Vec<SessionOnly> = self.all("stalled_sessions", SQL, &args).await?;
         Ok(rows.into_iter().map(|r| r.session_id).collect())
-    }
-
-    async fn settle_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        attempt: u32,
-        settlement: &Settlement,
-        now_ms: u64,
-    ) -> Result<bool, LedgerError> {
-        let (sql, value) = match settlement {
-            Settlement::Done(result) => (SETTLE_DONE, result),
-            Settlement::Release(error) => (SETTLE_RELEASE, error),
-            Settlement::Fail(error) => (SETTLE_FAIL, error),
-        };
-        let args = [
-            text(session_id),
-            text(step),
-            int(i64::from(attempt)),
-            int(now_ms as i64),
-            text(value),
-        ];
-        Ok(self.run("settle_step", sql, &args).await? == 1)
     }
 
     async fn finish_purchase(

@@ -1,7 +1,7 @@
 //! The D1 statements of reversals (migrations/0005_reversals.sql): recording one, and
 //! applying every recorded reversal to a purchase, inside the batch (one transaction)
-//! of `record_reversal` or `open_purchase`, so whichever of the two comes second sees
-//! the other: a purchase is never opened for fulfilment past its refund.
+//! of `claim_reversal` (or `record_reversal`) or `open_round`, so whichever of the two
+//! comes second sees the other: a purchase is never opened for fulfilment past its refund.
 
 use serde::Deserialize;
 use stripe_edge_core::ports::ledger::{

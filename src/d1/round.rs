@@ -39,7 +39,7 @@ const STEP: &str =
     AND (?7 = 0 OR NOT EXISTS (SELECT 1 FROM steps WHERE session_id = ?1)) \
     ON CONFLICT (session_id, step) DO NOTHING";
 
-/// Takes a step (as `claim_step`): pending, or running with a lease that ran out; a
+/// Takes a step: pending, or running with a lease that ran out; a
 /// forward step of a purchase with a reversal is never taken from pending; with `?9`,
 /// only once that step is neither pending nor running. Keeps the first body's digests
 /// `?8` when the step holds none and was opened by `?7`.

@@ -1,6 +1,6 @@
 //! Taking back when the money goes back: which events reverse a purchase, what each one
 //! takes back, and the steps that do it. Pure decisions; the ledger applies them
-//! atomically (`Ledger::record_reversal`, `Ledger::open_purchase`) and the engine runs
+//! atomically (`Ledger::claim_reversal`, `Ledger::open_round`) and the engine runs
 //! the reverse steps with the same claim → call → settle machinery as forward ones.
 //!
 //! | event | disposition | takes back |

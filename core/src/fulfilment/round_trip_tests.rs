@@ -6,7 +6,6 @@
 use futures_executor::block_on;
 
 use crate::ingress::{handle, Decision, Delivery, Refusal, Status, Verdict};
-use crate::ports::ledger::Ledger;
 use crate::stripe::signature::sign_header;
 use crate::testing::{email_config_with, full_config, Svc, World, NOW_MS, WEBHOOK_SECRET};
 

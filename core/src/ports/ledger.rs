@@ -157,7 +157,7 @@ pub struct StepRow {
 /// A step this delivery now holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepClaim {
-    /// The attempt number: the fencing token for [`Ledger::settle_step`].
+    /// The attempt number: the fencing token for settling it ([`Settle`]).
     pub attempt: u32,
     /// The event that opened the step; requests are built from it on every attempt.
     pub event_id: String,
@@ -224,7 +224,10 @@ pub struct Opening<'a> {
     pub rules: &'a [TakeBackRule],
 }
 
-/// One step this run asks to take (see [`Ledger::claim_step`]).
+/// One step this run asks to take in a round: a step that is pending, or running with a
+/// lease that has run out, and never a forward step from pending once a reversal that
+/// takes back is recorded (a step already running is: it finishes, and is then taken
+/// back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimAsk {
     pub step: &'static str,
@@ -236,7 +239,8 @@ pub struct ClaimAsk {
     pub first_body: Option<String>,
 }
 
-/// One attempt this run ends (see [`Ledger::settle_step`]).
+/// One attempt this run ends, only if it is still the current one (`attempts =
+/// attempt`): a holder whose lease was taken over cannot overwrite the new holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settle {
     pub step: &'static str,
@@ -260,13 +264,17 @@ pub struct RoundResult {
 #[allow(async_fn_in_trait)] // single-threaded Workers runtime: no Send bound wanted
 pub trait Ledger {
     /// A delivery's first round trip, one transaction: claims the event (when given);
-    /// unless the claim is a [`Claim::Conflict`], opens the purchase as
-    /// [`Ledger::open_purchase`] does and takes the steps in `claims`; then derives the
-    /// purchase's state and reads it with every step. A duplicate of a settled
-    /// purchase, and a delivery that finds every step held, need nothing else.
+    /// unless the claim is a [`Claim::Conflict`], opens the purchase (inserts it, or moves
+    /// a purchase awaiting its payment on; keeps its payment ids only where none is stored
+    /// yet, the lazy backfill; inserts each step unless present, so every event about the
+    /// session and every redelivery may open it; applies any reversal recorded against
+    /// its payment ids, so a purchase that arrives after its refund never runs a step),
+    /// and takes the steps in `claims` as [`Ledger::round`] does; then derives the
+    /// purchase's state and reads it with every step. A duplicate of a settled purchase,
+    /// and a delivery that finds every step held, need nothing else.
     ///
-    /// The D1 adapter sends it as one batch; this default composes the single
-    /// statements (native fakes, where nothing runs concurrently).
+    /// The D1 adapter sends it as one batch (`src/d1/round.rs`); the in-memory ledger
+    /// composes its single statements in the same order.
     async fn open_round(
         &self,
         session_id: &str,
@@ -275,18 +283,7 @@ pub trait Ledger {
         claims: &[ClaimAsk],
         now_ms: u64,
         lease_until: u64,
-    ) -> Result<(Claim, RoundResult), LedgerError> {
-        composed_open_round(
-            self,
-            session_id,
-            event,
-            opening,
-            claims,
-            now_ms,
-            lease_until,
-        )
-        .await
-    }
+    ) -> Result<(Claim, RoundResult), LedgerError>;
 
     /// A later round trip of a delivery, one transaction: settles `settles`, takes the
     /// steps in `claims` (in order, after the settles, so a step waiting for one just
@@ -300,18 +297,7 @@ pub trait Ledger {
         event_id: &str,
         now_ms: u64,
         lease_until: u64,
-    ) -> Result<RoundResult, LedgerError> {
-        composed_round(
-            self,
-            session_id,
-            settles,
-            claims,
-            event_id,
-            now_ms,
-            lease_until,
-        )
-        .await
-    }
+    ) -> Result<RoundResult, LedgerError>;
 
     /// A money-back delivery's first round trip, one transaction: claims the event and,
     /// unless the claim is a [`Claim::Conflict`], records the reversal as
@@ -339,9 +325,6 @@ pub trait Ledger {
         0
     }
 
-    /// The purchase's state, `None` when the ledger does not hold it.
-    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError>;
-
     /// Records the event unless its id is already there, in one statement (D1: an upsert
     /// that does nothing for a seen id and rewrites a conflicting one's row unchanged only
     /// to return it); a known id is [`Claim::Seen`] when its stored type and object are
@@ -365,39 +348,6 @@ pub trait Ledger {
         now_ms: u64,
     ) -> Result<(), LedgerError>;
 
-    /// Opens a paid purchase with its steps, each inserted unless present, so every
-    /// event about the session and every redelivery may call it. With no steps the
-    /// purchase is recorded as nothing to fulfil. Without payment ids or take-back
-    /// rules: the engine calls [`Ledger::open_purchase`].
-    async fn open_fulfilment(
-        &self,
-        session_id: &str,
-        livemode: bool,
-        event_id: &str,
-        steps: &[&'static str],
-        now_ms: u64,
-    ) -> Result<(), LedgerError> {
-        let refs = PaymentRefs::default();
-        self.open_purchase(session_id, livemode, event_id, steps, &refs, &[], now_ms)
-            .await
-    }
-
-    /// [`Ledger::open_fulfilment`], and in the same transaction: keeps the purchase's
-    /// payment ids (only where none is stored yet: the lazy backfill), and applies any
-    /// reversal recorded against them (see [`Ledger::record_reversal`]), so a purchase
-    /// that arrives after its refund never runs a step.
-    #[allow(clippy::too_many_arguments)]
-    async fn open_purchase(
-        &self,
-        session_id: &str,
-        livemode: bool,
-        event_id: &str,
-        steps: &[&'static str],
-        refs: &PaymentRefs,
-        rules: &[TakeBackRule],
-        now_ms: u64,
-    ) -> Result<(), LedgerError>;
-
     /// Records a reversal (once per event id) and, in the same transaction, applies
     /// every reversal that takes back to each purchase found by its reference: forward
     /// steps not started (pending, or failed) become cancelled; a `reverse` step is added
@@ -414,18 +364,6 @@ pub trait Ledger {
     /// The reversals recorded against a purchase's payment ids, oldest first.
     async fn reversals_of(&self, session_id: &str) -> Result<Vec<ReversalRecord>, LedgerError>;
 
-    /// Takes a step that is pending, or running with a lease that has run out; `None`
-    /// when the step is not claimable. A forward step of a purchase with a reversal
-    /// that takes back is never taken from pending (a step already running is: it
-    /// finishes, and is then taken back).
-    async fn claim_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        now_ms: u64,
-        lease_until: u64,
-    ) -> Result<Option<StepClaim>, LedgerError>;
-
     /// Keeps the digests of a step's first body, unless some are kept already; only
     /// while `attempt` holds the step. Returns whether it wrote.
     async fn pin_body(
@@ -434,24 +372,6 @@ pub trait Ledger {
         step: &'static str,
         attempt: u32,
         digests: &str,
-        now_ms: u64,
-    ) -> Result<bool, LedgerError>;
-
-    async fn step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-    ) -> Result<Option<StepRow>, LedgerError>;
-
-    /// Ends an attempt, only if it is still the current one (`attempts = attempt`):
-    /// a holder whose lease was taken over cannot overwrite the new holder. Returns
-    /// whether the row changed.
-    async fn settle_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        attempt: u32,
-        settlement: &Settlement,
         now_ms: u64,
     ) -> Result<bool, LedgerError>;
 
@@ -517,100 +437,4 @@ pub trait Ledger {
         session_id: &str,
         now_ms: u64,
     ) -> Result<Option<PurchaseState>, LedgerError>;
-}
-
-/// [`Ledger::open_round`] from the single statements, in the same order.
-pub async fn composed_open_round<L: Ledger + ?Sized>(
-    ledger: &L,
-    session_id: &str,
-    event: Option<&EventRecord>,
-    opening: &Opening<'_>,
-    claims: &[ClaimAsk],
-    now_ms: u64,
-    lease_until: u64,
-) -> Result<(Claim, RoundResult), LedgerError> {
-    let claim = match event {
-        Some(record) => ledger.claim_event(record).await?,
-        None => Claim::New,
-    };
-    if claim == Claim::Conflict {
-        return Ok((claim, RoundResult::default()));
-    }
-    let known = ledger.steps_of(session_id).await?;
-    let steps: Vec<&'static str> = opening
-        .steps
-        .iter()
-        .filter(|(_, only_new)| !only_new || known.is_empty())
-        .map(|(name, _)| *name)
-        .collect();
-    ledger
-        .open_purchase(
-            session_id,
-            opening.livemode,
-            opening.event_id,
-            &steps,
-            opening.refs,
-            opening.rules,
-            now_ms,
-        )
-        .await?;
-    let round = ledger
-        .round(
-            session_id,
-            &[],
-            claims,
-            opening.event_id,
-            now_ms,
-            lease_until,
-        )
-        .await?;
-    Ok((claim, round))
-}
-
-/// [`Ledger::round`] from the single statements, in the same order.
-pub async fn composed_round<L: Ledger + ?Sized>(
-    ledger: &L,
-    session_id: &str,
-    settles: &[Settle],
-    claims: &[ClaimAsk],
-    event_id: &str,
-    now_ms: u64,
-    lease_until: u64,
-) -> Result<RoundResult, LedgerError> {
-    let mut result = RoundResult::default();
-    for s in settles {
-        let ok = ledger
-            .settle_step(session_id, s.step, s.attempt, &s.settlement, now_ms)
-            .await?;
-        result.settled.push(ok);
-    }
-    for ask in claims {
-        let waiting = match ask.after {
-            Some(after) => ledger
-                .step(session_id, after)
-                .await?
-                .is_some_and(|r| matches!(r.state, StepState::Pending | StepState::Running)),
-            None => false,
-        };
-        let mut claim = if waiting {
-            None
-        } else {
-            ledger
-                .claim_step(session_id, ask.step, now_ms, lease_until)
-                .await?
-        };
-        if let (Some(c), Some(digest)) = (claim.as_mut(), ask.first_body.as_ref()) {
-            if c.body_digest.is_none() && c.event_id == event_id {
-                ledger
-                    .pin_body(session_id, ask.step, c.attempt, digest, now_ms)
-                    .await?;
-                c.body_digest = Some(digest.clone());
-            }
-        }
-        result.claimed.push(claim);
-    }
-    ledger.finish_purchase(session_id, now_ms).await?;
-    result.steps = ledger.steps_of(session_id).await?;
-    result.state = ledger.purchase_state(session_id).await?;
-    Ok(result)
 }

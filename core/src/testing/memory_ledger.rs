@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use crate::ports::ledger::{
-    composed_open_round, composed_round, Claim, ClaimAsk, EventRecord, Ledger, LedgerError,
-    Opening, PaymentRefs, PurchaseState, ReversalRecord, RoundResult, Settle, Settlement,
-    StepClaim, StepRow, StepState, TakeBackRule,
+    Claim, ClaimAsk, EventRecord, Ledger, LedgerError, Opening, PaymentRefs, PurchaseState,
+    ReversalRecord, RoundResult, Settle, Settlement, StepClaim, StepRow, StepState, TakeBackRule,
 };
 use crate::ports::ops_store::{ListQuery, OpsStore, StateFilter};
 use crate::ports::orders::{OrderRecord, OrderStep, OrderStore};
@@ -193,6 +192,188 @@ impl MemoryLedger {
     }
 }
 
+/// The single statements the D1 adapter batches, one call each: the in-memory ledger's
+/// own primitives, which its [`Ledger::open_round`] and [`Ledger::round`] compose in the
+/// batches' order, and which tests call directly.
+impl MemoryLedger {
+    /// Opens a paid purchase with its steps, each inserted unless present, so every
+    /// event about the session and every redelivery may call it. With no steps the
+    /// purchase is recorded as nothing to fulfil. Without payment ids or take-back
+    /// rules: see [`MemoryLedger::open_purchase`].
+    pub async fn open_fulfilment(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let refs = PaymentRefs::default();
+        self.open_purchase(session_id, livemode, event_id, steps, &refs, &[], now_ms)
+            .await
+    }
+    /// The purchase's state, `None` when the ledger does not hold it.
+    pub async fn purchase_state(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<PurchaseState>, LedgerError> {
+        self.check("purchase_state")?;
+        Ok(self.purchase(session_id))
+    }
+
+    /// [`MemoryLedger::open_fulfilment`], and in the same transaction: keeps the purchase's
+    /// payment ids (only where none is stored yet: the lazy backfill), and applies any
+    /// reversal recorded against them (see [`Ledger::record_reversal`]), so a purchase
+    /// that arrives after its refund never runs a step.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_purchase(
+        &self,
+        session_id: &str,
+        livemode: bool,
+        event_id: &str,
+        steps: &[&'static str],
+        refs: &PaymentRefs,
+        rules: &[TakeBackRule],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.check("open_fulfilment")?;
+        {
+            let mut all = self.refs.borrow_mut();
+            let stored = all.entry(session_id.to_string()).or_default();
+            if stored.payment_intent.is_none() {
+                stored.payment_intent = refs.payment_intent.clone();
+            }
+            if stored.subscription.is_none() {
+                stored.subscription = refs.subscription.clone();
+            }
+        }
+        self.touch(session_id, Some(livemode), now_ms);
+        let state = if steps.is_empty() {
+            PurchaseState::NothingToFulfil
+        } else {
+            PurchaseState::Fulfilling
+        };
+        self.upsert_purchase(
+            session_id,
+            state,
+            &[PurchaseState::AwaitingPayment, PurchaseState::PaymentFailed],
+        );
+        let mut rows = self.steps.borrow_mut();
+        for step in steps {
+            rows.entry((session_id.to_string(), step))
+                .or_insert(StepRow {
+                    step: step.to_string(),
+                    event_id: event_id.to_string(),
+                    state: StepState::Pending,
+                    lease_until: None,
+                    attempts: 0,
+                    last_error: None,
+                    result: None,
+                    updated_at: now_ms,
+                });
+        }
+        drop(rows);
+        self.apply_reversals(session_id, rules, now_ms);
+        Ok(())
+    }
+
+    /// Takes a step that is pending, or running with a lease that has run out; `None`
+    /// when the step is not claimable. A forward step of a purchase with a reversal
+    /// that takes back is never taken from pending (a step already running is: it
+    /// finishes, and is then taken back).
+    pub async fn claim_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        now_ms: u64,
+        lease_until: u64,
+    ) -> Result<Option<StepClaim>, LedgerError> {
+        self.check("claim_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(None);
+        };
+        let expired =
+            row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
+        if row.state != StepState::Pending && !expired {
+            return Ok(None);
+        }
+        let reversed =
+            !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
+        if row.state == StepState::Pending && reversed {
+            return Ok(None);
+        }
+        row.state = StepState::Running;
+        row.attempts += 1;
+        row.lease_until = Some(lease_until);
+        row.updated_at = now_ms;
+        Ok(Some(StepClaim {
+            attempt: row.attempts,
+            event_id: row.event_id.clone(),
+            body_digest: self
+                .body_digests
+                .borrow()
+                .get(&(session_id.to_string(), step))
+                .cloned(),
+        }))
+    }
+
+    /// One step's row, `None` when the ledger does not hold it.
+    pub async fn step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+    ) -> Result<Option<StepRow>, LedgerError> {
+        self.check("step")?;
+        Ok(self.step_row(session_id, step))
+    }
+
+    /// Ends an attempt, only if it is still the current one (`attempts = attempt`):
+    /// a holder whose lease was taken over cannot overwrite the new holder. Returns
+    /// whether the row changed.
+    pub async fn settle_step(
+        &self,
+        session_id: &str,
+        step: &'static str,
+        attempt: u32,
+        settlement: &Settlement,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError> {
+        self.check("settle_step")?;
+        let mut rows = self.steps.borrow_mut();
+        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
+            return Ok(false);
+        };
+        if row.state != StepState::Running || row.attempts != attempt {
+            return Ok(false);
+        }
+        row.lease_until = None;
+        row.updated_at = now_ms;
+        match settlement {
+            Settlement::Done(result) => {
+                row.state = StepState::Done;
+                row.result = Some(result.clone());
+                row.last_error = None;
+            }
+            Settlement::Release(error) => {
+                let reversed =
+                    !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
+                row.state = if reversed {
+                    StepState::Cancelled
+                } else {
+                    StepState::Pending
+                };
+                row.last_error = Some(error.clone());
+            }
+            Settlement::Fail(error) => {
+                row.state = StepState::Failed;
+                row.last_error = Some(error.clone());
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Ledger for MemoryLedger {
     async fn open_round(
         &self,
@@ -270,11 +451,6 @@ impl Ledger for MemoryLedger {
         self.calls.get()
     }
 
-    async fn purchase_state(&self, session_id: &str) -> Result<Option<PurchaseState>, LedgerError> {
-        self.check("purchase_state")?;
-        Ok(self.purchase(session_id))
-    }
-
     async fn claim_event(&self, record: &EventRecord) -> Result<Claim, LedgerError> {
         self.check("claim_event")?;
         let mut events = self.events.borrow_mut();
@@ -311,57 +487,6 @@ impl Ledger for MemoryLedger {
             PurchaseState::PaymentFailed,
             &[PurchaseState::AwaitingPayment],
         );
-        Ok(())
-    }
-
-    async fn open_purchase(
-        &self,
-        session_id: &str,
-        livemode: bool,
-        event_id: &str,
-        steps: &[&'static str],
-        refs: &PaymentRefs,
-        rules: &[TakeBackRule],
-        now_ms: u64,
-    ) -> Result<(), LedgerError> {
-        self.check("open_fulfilment")?;
-        {
-            let mut all = self.refs.borrow_mut();
-            let stored = all.entry(session_id.to_string()).or_default();
-            if stored.payment_intent.is_none() {
-                stored.payment_intent = refs.payment_intent.clone();
-            }
-            if stored.subscription.is_none() {
-                stored.subscription = refs.subscription.clone();
-            }
-        }
-        self.touch(session_id, Some(livemode), now_ms);
-        let state = if steps.is_empty() {
-            PurchaseState::NothingToFulfil
-        } else {
-            PurchaseState::Fulfilling
-        };
-        self.upsert_purchase(
-            session_id,
-            state,
-            &[PurchaseState::AwaitingPayment, PurchaseState::PaymentFailed],
-        );
-        let mut rows = self.steps.borrow_mut();
-        for step in steps {
-            rows.entry((session_id.to_string(), step))
-                .or_insert(StepRow {
-                    step: step.to_string(),
-                    event_id: event_id.to_string(),
-                    state: StepState::Pending,
-                    lease_until: None,
-                    attempts: 0,
-                    last_error: None,
-                    result: None,
-                    updated_at: now_ms,
-                });
-        }
-        drop(rows);
-        self.apply_reversals(session_id, rules, now_ms);
         Ok(())
     }
 
@@ -417,43 +542,6 @@ impl Ledger for MemoryLedger {
         Ok(rows)
     }
 
-    async fn claim_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        now_ms: u64,
-        lease_until: u64,
-    ) -> Result<Option<StepClaim>, LedgerError> {
-        self.check("claim_step")?;
-        let mut rows = self.steps.borrow_mut();
-        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
-            return Ok(None);
-        };
-        let expired =
-            row.state == StepState::Running && row.lease_until.is_some_and(|l| l <= now_ms);
-        if row.state != StepState::Pending && !expired {
-            return Ok(None);
-        }
-        let reversed =
-            !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
-        if row.state == StepState::Pending && reversed {
-            return Ok(None);
-        }
-        row.state = StepState::Running;
-        row.attempts += 1;
-        row.lease_until = Some(lease_until);
-        row.updated_at = now_ms;
-        Ok(Some(StepClaim {
-            attempt: row.attempts,
-            event_id: row.event_id.clone(),
-            body_digest: self
-                .body_digests
-                .borrow()
-                .get(&(session_id.to_string(), step))
-                .cloned(),
-        }))
-    }
-
     async fn pin_body(
         &self,
         session_id: &str,
@@ -474,57 +562,6 @@ impl Ledger for MemoryLedger {
             return Ok(false);
         }
         pinned.insert(key, digests.to_string());
-        Ok(true)
-    }
-
-    async fn step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-    ) -> Result<Option<StepRow>, LedgerError> {
-        self.check("step")?;
-        Ok(self.step_row(session_id, step))
-    }
-
-    async fn settle_step(
-        &self,
-        session_id: &str,
-        step: &'static str,
-        attempt: u32,
-        settlement: &Settlement,
-        now_ms: u64,
-    ) -> Result<bool, LedgerError> {
-        self.check("settle_step")?;
-        let mut rows = self.steps.borrow_mut();
-        let Some(row) = rows.get_mut(&(session_id.to_string(), step)) else {
-            return Ok(false);
-        };
-        if row.state != StepState::Running || row.attempts != attempt {
-            return Ok(false);
-        }
-        row.lease_until = None;
-        row.updated_at = now_ms;
-        match settlement {
-            Settlement::Done(result) => {
-                row.state = StepState::Done;
-                row.result = Some(result.clone());
-                row.last_error = None;
-            }
-            Settlement::Release(error) => {
-                let reversed =
-                    !self.is_reverse(session_id, step) && !self.taking_back(session_id).is_empty();
-                row.state = if reversed {
-                    StepState::Cancelled
-                } else {
-                    StepState::Pending
-                };
-                row.last_error = Some(error.clone());
-            }
-            Settlement::Fail(error) => {
-                row.state = StepState::Failed;
-                row.last_error = Some(error.clone());
-            }
-        }
         Ok(true)
     }
 
@@ -827,4 +864,100 @@ impl OrderStore for MemoryLedger {
         steps.sort_by(|a, b| a.step.cmp(&b.step));
         Ok(Some(OrderRecord { state, steps }))
     }
+}
+
+/// [`Ledger::open_round`] from the single statements, in the D1 batch's order.
+async fn composed_open_round(
+    ledger: &MemoryLedger,
+    session_id: &str,
+    event: Option<&EventRecord>,
+    opening: &Opening<'_>,
+    claims: &[ClaimAsk],
+    now_ms: u64,
+    lease_until: u64,
+) -> Result<(Claim, RoundResult), LedgerError> {
+    let claim = match event {
+        Some(record) => ledger.claim_event(record).await?,
+        None => Claim::New,
+    };
+    if claim == Claim::Conflict {
+        return Ok((claim, RoundResult::default()));
+    }
+    let known = ledger.steps_of(session_id).await?;
+    let steps: Vec<&'static str> = opening
+        .steps
+        .iter()
+        .filter(|(_, only_new)| !only_new || known.is_empty())
+        .map(|(name, _)| *name)
+        .collect();
+    ledger
+        .open_purchase(
+            session_id,
+            opening.livemode,
+            opening.event_id,
+            &steps,
+            opening.refs,
+            opening.rules,
+            now_ms,
+        )
+        .await?;
+    let round = ledger
+        .round(
+            session_id,
+            &[],
+            claims,
+            opening.event_id,
+            now_ms,
+            lease_until,
+        )
+        .await?;
+    Ok((claim, round))
+}
+
+/// [`Ledger::round`] from the single statements, in the D1 batch's order.
+async fn composed_round(
+    ledger: &MemoryLedger,
+    session_id: &str,
+    settles: &[Settle],
+    claims: &[ClaimAsk],
+    event_id: &str,
+    now_ms: u64,
+    lease_until: u64,
+) -> Result<RoundResult, LedgerError> {
+    let mut result = RoundResult::default();
+    for s in settles {
+        let ok = ledger
+            .settle_step(session_id, s.step, s.attempt, &s.settlement, now_ms)
+            .await?;
+        result.settled.push(ok);
+    }
+    for ask in claims {
+        let waiting = match ask.after {
+            Some(after) => ledger
+                .step(session_id, after)
+                .await?
+                .is_some_and(|r| matches!(r.state, StepState::Pending | StepState::Running)),
+            None => false,
+        };
+        let mut claim = if waiting {
+            None
+        } else {
+            ledger
+                .claim_step(session_id, ask.step, now_ms, lease_until)
+                .await?
+        };
+        if let (Some(c), Some(digest)) = (claim.as_mut(), ask.first_body.as_ref()) {
+            if c.body_digest.is_none() && c.event_id == event_id {
+                ledger
+                    .pin_body(session_id, ask.step, c.attempt, digest, now_ms)
+                    .await?;
+                c.body_digest = Some(digest.clone());
+            }
+        }
+        result.claimed.push(claim);
+    }
+    ledger.finish_purchase(session_id, now_ms).await?;
+    result.steps = ledger.steps_of(session_id).await?;
+    result.state = ledger.purchase_state(session_id).await?;
+    Ok(result)
 }
