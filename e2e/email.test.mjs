@@ -12,7 +12,7 @@ import { after, before, beforeEach, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
-import { linesUntil, logLines } from './support/logs.mjs';
+import { linesUntil, logLines, waitForLine } from './support/logs.mjs';
 import { startWorker } from './support/worker.mjs';
 
 const WEBHOOK_SECRET = `whsec_${rid('email')}`;
@@ -253,6 +253,7 @@ test('resend-email retried with the same Idempotency-Key sends nothing more; ano
   const { session, evt } = purchase();
   assert.equal((await send(evt)).json.purchase_state, 'fulfilled');
   const ticket = `ticket-${rid('t')}`;
+  const from = worker.logs().length;
   const first = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': ticket });
   assert.equal(first.status, 200, first.text);
   assert.match(first.json.resend, /^key-[0-9a-f]{16}$/);
@@ -270,6 +271,14 @@ test('resend-email retried with the same Idempotency-Key sends nothing more; ano
   const bad = await admin(`/admin/purchases/${session.id}/resend-email`, { 'idempotency-key': 'not a key' });
   assert.equal(bad.status, 400, bad.text);
   assert.equal(sentTo(session.id).length, 3);
+  // The calls' own lines are in (the last resend's, an info line, and the refusal, a warn
+  // line on the other stream): only now does "never logged" mean something.
+  await waitForLine(
+    worker,
+    (l) => l.msg === 'admin call' && l.route === 'resend_email' && l.session_id === session.id && l.resend === other.json.resend,
+    { from },
+  );
+  await waitForLine(worker, (l) => l.msg === 'admin refused' && l.reason === 'admin_bad_request', { from });
   assert.ok(!worker.logs().includes(ticket), 'the caller\'s key is never logged');
 });
 

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, beforeEach, test } from 'node:test';
 
+import { waitForLine } from './support/logs.mjs';
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
 import { startWorker } from './support/worker.mjs';
@@ -225,11 +226,13 @@ test('async_payment_failed: recorded, nothing fulfilled, a warning logged', asyn
   const session = paidSession({ payment_status: 'unpaid' });
   await send(event('checkout.session.completed', session));
   const from = worker.logs().length;
-  const res = await send(event('checkout.session.async_payment_failed', session));
+  const failed = event('checkout.session.async_payment_failed', session);
+  const res = await send(failed);
   assert.equal(res.status, 200);
   assert.equal(await purchaseState(session.id), 'payment_failed');
   assert.equal(standin.calls.length, 0);
-  assert.match(worker.logs().slice(from), /"level":"warn","msg":"payment failed: nothing fulfilled"/);
+  const line = await waitForLine(worker, (l) => l.msg === 'payment failed: nothing fulfilled' && l.event_id === failed.id, { from });
+  assert.deepEqual([line.level, line.session_id], ['warn', session.id]);
 });
 
 test('a license server failing 503 twice: 503, 503, then 200 with exactly one license', async () => {
@@ -305,12 +308,14 @@ test('without an address on the session, the PaymentIntent is asked (stripe trig
 test('a livemode mismatch is acknowledged, never fulfilled, and logged as an error', async () => {
   const session = paidSession();
   const from = liveWorker.logs().length;
-  const res = await send(event('checkout.session.completed', session), liveWorker);
+  const evt = event('checkout.session.completed', session);
+  const res = await send(evt, liveWorker);
   assert.equal(res.status, 200);
   assert.equal(res.json.status, 'ignored');
   assert.equal(standin.calls.length, 0);
   assert.equal(await purchaseState(session.id, liveWorker), undefined);
-  assert.match(liveWorker.logs().slice(from), /"level":"error","msg":"livemode mismatch: not fulfilled"/);
+  const line = await waitForLine(liveWorker, (l) => l.msg === 'livemode mismatch: not fulfilled' && l.event_id === evt.id, { from });
+  assert.deepEqual([line.level, line.session_id], ['error', session.id]);
 });
 
 test('a permanent 400 fails the step once: 200 failed, then no retry storm', async () => {
@@ -324,7 +329,12 @@ test('a permanent 400 fails the step once: 200 failed, then no retry storm', asy
   const [license] = (await stepRows(session.id)).filter((r) => r.step === 'license');
   assert.deepEqual([license.state, license.last_error], ['failed', 'license server answered 400']);
   assert.equal(await purchaseState(session.id), 'failed');
-  assert.match(worker.logs().slice(from), /"msg":"step failed permanently"/);
+  const line = await waitForLine(
+    worker,
+    (l) => l.msg === 'step failed permanently' && l.session_id === session.id && l.event_id === evt.id,
+    { from },
+  );
+  assert.deepEqual([line.step, line.reason], ['license', 'license server answered 400']);
 
   for (let i = 0; i < 3; i += 1) assert.equal((await send(evt)).json.status, 'duplicate');
   assert.equal(standin.callsTo('license').length, 1, 'no retry storm');

@@ -10,7 +10,7 @@ import { after, afterEach, before, beforeEach, test } from 'node:test';
 
 import { startStandin } from './support/standin.mjs';
 import { checkoutSession, deliver, event, rid } from './support/stripe.mjs';
-import { linesUntil as linesUntilOf, logLines, until as waitUntil } from './support/logs.mjs';
+import { linesUntil as linesUntilOf, logLines, until as waitUntil, waitForLine } from './support/logs.mjs';
 import { startWorker } from './support/worker.mjs';
 
 const WEBHOOK_SECRET = `whsec_${rid('qe2e')}`;
@@ -243,6 +243,8 @@ test('attempts exhausted: step and purchase failed, an alert, the message dead-l
   );
   assert.equal(stepCalls(session.id, 'license').length, MAX_ATTEMPTS, 'no call after the attempts ran out (nor from the DLQ)');
   assert.equal(standin.licensesIssued().length, 0);
+  // The verdicts are info lines (stdout), the alerts above error lines (stderr): awaited on their own.
+  await linesUntil(from, handled(session.id), 2, 'the two retry verdicts');
   const retries = lines(from).filter((l) => handled(session.id)(l));
   assert.deepEqual(retries.map((l) => [l.verdict, l.attempts]), [['retry', 1], ['retry', 2]]);
   const order = lines(from).map((l) => (l.session_id === session.id ? l.msg : null)).filter(Boolean);
@@ -289,8 +291,11 @@ test('duplicates: three deliveries queue three messages, yet one license and one
   assert.equal(decision[0].status, 'duplicate');
   assert.ok(!lines(lateFrom).some((l) => l.msg === 'fulfilment queued'), 'nothing queued for a finished purchase');
   // Another event about the same session (async payment succeeded) is no different.
-  const other = await send(event('checkout.session.async_payment_succeeded', session));
+  const succeeded = event('checkout.session.async_payment_succeeded', session);
+  const other = await send(succeeded);
   assert.equal(other.status, 200, other.text);
+  // Its decision line is in: a `fulfilment queued` line, written before it, would be too.
+  await waitForLine(worker, (l) => l.msg === 'webhook recorded' && l.event_id === succeeded.id, { from: lateFrom });
   assert.ok(!lines(lateFrom).some((l) => l.msg === 'fulfilment queued'));
   assert.equal(stepCalls(session.id, 'license').length, 1);
 });
@@ -307,8 +312,10 @@ test('one purchase failing in a batch: the acked one is never run again', async 
   assert.deepEqual(answers.map((r) => r.status), [200, 200]);
   await untilState([a.session.id, b.session.id], 'fulfilled', 'both purchases to be fulfilled');
   // Both messages were in the first batch: one acked, one retried.
-  const batchLines = worker.logs().slice(from).split('\n').filter((l) => l.includes(`QUEUE ${QUEUE} `));
-  assert.match(batchLines[0] ?? '', new RegExp(`QUEUE ${QUEUE} 1/2 `), `the first batch held both: ${batchLines}`);
+  // wrangler's line for the batch of two (no test before sends two messages at once),
+  // awaited: a batch line of the previous test may still arrive after the mark.
+  const batch = await waitForLine(worker, new RegExp(`QUEUE ${QUEUE} \\d+/2 `), { from, what: 'the batch that held both' });
+  assert.match(batch, new RegExp(`QUEUE ${QUEUE} 1/2 `), 'one acked, one retried');
   const [aHandled] = await linesUntil(from, handled(a.session.id), 1, 'A handled');
   assert.equal(aHandled.verdict, 'ack');
   const bHandled = await linesUntil(from, handled(b.session.id), 2, 'B handled twice');
@@ -371,6 +378,8 @@ test('the Stripe API down for every attempt: backoff grows, the steps fail with 
   const fetches = sessionFetches(session.id);
   assert.equal(fetches.length, MAX_ATTEMPTS, 'one session fetch per delivery of the message');
   assert.equal(stepCalls(session.id, 'license').length, 0);
+  // The retry verdicts are info lines (stdout), the dead-letter alert an error line (stderr).
+  await linesUntil(from, (l) => handled(session.id)(l) && l.verdict === 'retry', MAX_ATTEMPTS - 1, 'the retry verdicts');
   const retries = lines(from).filter(handled(session.id)).filter((l) => l.verdict === 'retry');
   const rows = await ledger([session.id]);
   const exhausted = lines(from).some((l) => l.msg === 'fulfilment attempts exhausted' && l.session_id === session.id);
@@ -431,6 +440,8 @@ test('cron in queue mode: re-enqueues a dead holder at once and a pending step o
   assert.deepEqual(rows[waiting.session.id].steps.license, { state: 'pending', attempts: 1, last_error: null, event_id: waiting.eventId });
   assert.equal(stepCalls(waiting.session.id, 'license').length, 0);
   assert.equal(sessionFetches(waiting.session.id).length, 0, 'not enqueued, not run');
+  // The re-enqueued messages' verdicts are in, so a message for `waiting` would be too.
+  for (const p of [idle, dead]) await waitForLine(worker, (l) => handled(p.session.id)(l) && l.verdict === 'ack', { from });
   assert.ok(!lines(from).some(handled(waiting.session.id)));
   assert.equal(standin.licensesIssued().length, 2);
 });

@@ -244,9 +244,23 @@ export async function startWorker({ vars = {}, secrets = {}, migrate = true, tom
     );
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
-    child.stdout.on('data', (s) => { output += s; });
-    child.stderr.on('data', (s) => { output += s; });
-    child.on('exit', (code, signal) => { exited = { code, signal }; });
+    // Two pipes into one log: each stream's text joins it a whole line at a time, so a
+    // line of one is never cut in two by a chunk of the other.
+    const partial = { out: '', err: '' };
+    const feed = (stream) => (s) => {
+      const text = partial[stream] + s;
+      const end = text.lastIndexOf('\n') + 1;
+      output += text.slice(0, end);
+      partial[stream] = text.slice(end);
+    };
+    child.stdout.on('data', feed('out'));
+    child.stderr.on('data', feed('err'));
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      output += partial.out + partial.err;
+      partial.out = '';
+      partial.err = '';
+    });
     child.on('error', (err) => { output += `\n[spawn error] ${err.message}\n`; exited ??= { code: null, signal: null }; });
 
     // Poll /healthz until the Worker answers (any HTTP status means it is up).
