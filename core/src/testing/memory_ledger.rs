@@ -41,6 +41,20 @@ pub struct MemoryLedger {
 }
 
 impl MemoryLedger {
+    /// Runs `statements` as one batch would: one round trip counted (after the same
+    /// availability check), the single statements inside it not.
+    async fn batched<T>(
+        &self,
+        operation: &'static str,
+        statements: impl std::future::Future<Output = Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        self.check(operation)?;
+        let outer = self.batching.replace(true);
+        let result = statements.await;
+        self.batching.set(outer);
+        result
+    }
+
     fn check(&self, operation: &'static str) -> Result<(), LedgerError> {
         if !self.batching.get() {
             self.calls.set(self.calls.get() + 1);
@@ -153,16 +167,7 @@ impl MemoryLedger {
             };
             let key = (session_id.to_string(), rule.reverse);
             if let std::collections::btree_map::Entry::Vacant(slot) = steps.entry(key) {
-                slot.insert(StepRow {
-                    step: rule.reverse.to_string(),
-                    event_id: asked.event_id.clone(),
-                    state: StepState::Pending,
-                    lease_until: None,
-                    attempts: 0,
-                    last_error: None,
-                    result: None,
-                    updated_at: now_ms,
-                });
+                slot.insert(pending_row(rule.reverse, &asked.event_id, now_ms));
                 self.reverse_steps
                     .borrow_mut()
                     .insert((session_id.to_string(), rule.reverse.to_string()));
@@ -261,16 +266,7 @@ impl MemoryLedger {
         let mut rows = self.steps.borrow_mut();
         for step in steps {
             rows.entry((session_id.to_string(), step))
-                .or_insert(StepRow {
-                    step: step.to_string(),
-                    event_id: event_id.to_string(),
-                    state: StepState::Pending,
-                    lease_until: None,
-                    attempts: 0,
-                    last_error: None,
-                    result: None,
-                    updated_at: now_ms,
-                });
+                .or_insert_with(|| pending_row(step, event_id, now_ms));
         }
         drop(rows);
         self.apply_reversals(session_id, rules, now_ms);
@@ -384,20 +380,45 @@ impl Ledger for MemoryLedger {
         now_ms: u64,
         lease_until: u64,
     ) -> Result<(Claim, RoundResult), LedgerError> {
-        self.check("open_round")?;
-        let outer = self.batching.replace(true);
-        let result = composed_open_round(
-            self,
-            session_id,
-            event,
-            opening,
-            claims,
-            now_ms,
-            lease_until,
-        )
-        .await;
-        self.batching.set(outer);
-        result
+        // The single statements in the D1 batch's order.
+        self.batched("open_round", async {
+            let claim = match event {
+                Some(record) => self.claim_event(record).await?,
+                None => Claim::New,
+            };
+            if claim == Claim::Conflict {
+                return Ok((claim, RoundResult::default()));
+            }
+            let known = self.steps_of(session_id).await?;
+            let steps: Vec<&'static str> = opening
+                .steps
+                .iter()
+                .filter(|(_, only_new)| !only_new || known.is_empty())
+                .map(|(name, _)| *name)
+                .collect();
+            self.open_purchase(
+                session_id,
+                opening.livemode,
+                opening.event_id,
+                &steps,
+                opening.refs,
+                opening.rules,
+                now_ms,
+            )
+            .await?;
+            let round = self
+                .round(
+                    session_id,
+                    &[],
+                    claims,
+                    opening.event_id,
+                    now_ms,
+                    lease_until,
+                )
+                .await?;
+            Ok((claim, round))
+        })
+        .await
     }
 
     async fn claim_reversal(
@@ -407,19 +428,13 @@ impl Ledger for MemoryLedger {
         rules: &[TakeBackRule],
         now_ms: u64,
     ) -> Result<(Claim, Vec<String>), LedgerError> {
-        self.check("claim_reversal")?;
-        let outer = self.batching.replace(true);
-        let claim = self.claim_event(event).await;
-        let result = match claim {
-            Ok(Claim::Conflict) => Ok((Claim::Conflict, Vec::new())),
-            Ok(claim) => self
-                .record_reversal(reversal, rules, now_ms)
-                .await
-                .map(|sessions| (claim, sessions)),
-            Err(e) => Err(e),
-        };
-        self.batching.set(outer);
-        result
+        self.batched("claim_reversal", async {
+            match self.claim_event(event).await? {
+                Claim::Conflict => Ok((Claim::Conflict, Vec::new())),
+                claim => Ok((claim, self.record_reversal(reversal, rules, now_ms).await?)),
+            }
+        })
+        .await
     }
 
     async fn round(
@@ -431,20 +446,43 @@ impl Ledger for MemoryLedger {
         now_ms: u64,
         lease_until: u64,
     ) -> Result<RoundResult, LedgerError> {
-        self.check("round")?;
-        let outer = self.batching.replace(true);
-        let result = composed_round(
-            self,
-            session_id,
-            settles,
-            claims,
-            event_id,
-            now_ms,
-            lease_until,
-        )
-        .await;
-        self.batching.set(outer);
-        result
+        // The single statements in the D1 batch's order.
+        self.batched("round", async {
+            let mut result = RoundResult::default();
+            for s in settles {
+                let ok = self
+                    .settle_step(session_id, s.step, s.attempt, &s.settlement, now_ms)
+                    .await?;
+                result.settled.push(ok);
+            }
+            for ask in claims {
+                let waiting = match ask.after {
+                    Some(after) => self.step(session_id, after).await?.is_some_and(|r| {
+                        matches!(r.state, StepState::Pending | StepState::Running)
+                    }),
+                    None => false,
+                };
+                let mut claim = if waiting {
+                    None
+                } else {
+                    self.claim_step(session_id, ask.step, now_ms, lease_until)
+                        .await?
+                };
+                if let (Some(c), Some(digest)) = (claim.as_mut(), ask.first_body.as_ref()) {
+                    if c.body_digest.is_none() && c.event_id == event_id {
+                        self.pin_body(session_id, ask.step, c.attempt, digest, now_ms)
+                            .await?;
+                        c.body_digest = Some(digest.clone());
+                    }
+                }
+                result.claimed.push(claim);
+            }
+            self.finish_purchase(session_id, now_ms).await?;
+            result.steps = self.steps_of(session_id).await?;
+            result.state = self.purchase_state(session_id).await?;
+            Ok(result)
+        })
+        .await
     }
 
     fn round_trips(&self) -> u32 {
@@ -866,98 +904,16 @@ impl OrderStore for MemoryLedger {
     }
 }
 
-/// [`Ledger::open_round`] from the single statements, in the D1 batch's order.
-async fn composed_open_round(
-    ledger: &MemoryLedger,
-    session_id: &str,
-    event: Option<&EventRecord>,
-    opening: &Opening<'_>,
-    claims: &[ClaimAsk],
-    now_ms: u64,
-    lease_until: u64,
-) -> Result<(Claim, RoundResult), LedgerError> {
-    let claim = match event {
-        Some(record) => ledger.claim_event(record).await?,
-        None => Claim::New,
-    };
-    if claim == Claim::Conflict {
-        return Ok((claim, RoundResult::default()));
+/// A step's row as opened: pending, never attempted.
+fn pending_row(step: &str, event_id: &str, now_ms: u64) -> StepRow {
+    StepRow {
+        step: step.to_string(),
+        event_id: event_id.to_string(),
+        state: StepState::Pending,
+        lease_until: None,
+        attempts: 0,
+        last_error: None,
+        result: None,
+        updated_at: now_ms,
     }
-    let known = ledger.steps_of(session_id).await?;
-    let steps: Vec<&'static str> = opening
-        .steps
-        .iter()
-        .filter(|(_, only_new)| !only_new || known.is_empty())
-        .map(|(name, _)| *name)
-        .collect();
-    ledger
-        .open_purchase(
-            session_id,
-            opening.livemode,
-            opening.event_id,
-            &steps,
-            opening.refs,
-            opening.rules,
-            now_ms,
-        )
-        .await?;
-    let round = ledger
-        .round(
-            session_id,
-            &[],
-            claims,
-            opening.event_id,
-            now_ms,
-            lease_until,
-        )
-        .await?;
-    Ok((claim, round))
-}
-
-/// [`Ledger::round`] from the single statements, in the D1 batch's order.
-async fn composed_round(
-    ledger: &MemoryLedger,
-    session_id: &str,
-    settles: &[Settle],
-    claims: &[ClaimAsk],
-    event_id: &str,
-    now_ms: u64,
-    lease_until: u64,
-) -> Result<RoundResult, LedgerError> {
-    let mut result = RoundResult::default();
-    for s in settles {
-        let ok = ledger
-            .settle_step(session_id, s.step, s.attempt, &s.settlement, now_ms)
-            .await?;
-        result.settled.push(ok);
-    }
-    for ask in claims {
-        let waiting = match ask.after {
-            Some(after) => ledger
-                .step(session_id, after)
-                .await?
-                .is_some_and(|r| matches!(r.state, StepState::Pending | StepState::Running)),
-            None => false,
-        };
-        let mut claim = if waiting {
-            None
-        } else {
-            ledger
-                .claim_step(session_id, ask.step, now_ms, lease_until)
-                .await?
-        };
-        if let (Some(c), Some(digest)) = (claim.as_mut(), ask.first_body.as_ref()) {
-            if c.body_digest.is_none() && c.event_id == event_id {
-                ledger
-                    .pin_body(session_id, ask.step, c.attempt, digest, now_ms)
-                    .await?;
-                c.body_digest = Some(digest.clone());
-            }
-        }
-        result.claimed.push(claim);
-    }
-    ledger.finish_purchase(session_id, now_ms).await?;
-    result.steps = ledger.steps_of(session_id).await?;
-    result.state = ledger.purchase_state(session_id).await?;
-    Ok(result)
 }
