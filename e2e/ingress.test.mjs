@@ -53,6 +53,33 @@ async function post(worker, payload, opts = {}) {
   return res;
 }
 
+/** POSTs `payload` to `worker` as a chunked stream: no Content-Length reaches the Worker. */
+async function postChunked(payload, secret, worker = main) {
+  const signature = sign(payload, secret);
+  recordSignature(signature);
+  const bytes = Buffer.from(payload);
+  const CHUNK = 4096;
+  let offset = 0;
+  const body = new ReadableStream({
+    pull(controller) {
+      if (offset >= bytes.length) {
+        controller.close();
+        return;
+      }
+      controller.enqueue(new Uint8Array(bytes.subarray(offset, offset + CHUNK)));
+      offset += CHUNK;
+    },
+  });
+  const res = await fetch(new URL(WEBHOOK_PATH, worker.url), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Stripe-Signature': signature },
+    body,
+    duplex: 'half',
+    signal: AbortSignal.timeout(15_000),
+  });
+  return readResponse(res);
+}
+
 /** A signed event payload plus its id, remembered as "must not be stored". */
 function rejectedEvent(type = 'checkout.session.completed', overrides = {}) {
   const evt = event(type, checkoutSession(), overrides);
@@ -192,33 +219,6 @@ describe('ingress', { timeout: 240_000 }, () => {
       assert.equal(res.json?.status, 'accepted', res.text);
       ids.accepted.add(evt.id);
     });
-
-    /** POSTs `payload` as a chunked stream: no Content-Length reaches the Worker. */
-    async function postChunked(payload, secret) {
-      const signature = sign(payload, secret);
-      recordSignature(signature);
-      const bytes = Buffer.from(payload);
-      const CHUNK = 4096;
-      let offset = 0;
-      const body = new ReadableStream({
-        pull(controller) {
-          if (offset >= bytes.length) {
-            controller.close();
-            return;
-          }
-          controller.enqueue(new Uint8Array(bytes.subarray(offset, offset + CHUNK)));
-          offset += CHUNK;
-        },
-      });
-      const res = await fetch(new URL(WEBHOOK_PATH, main.url), {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'Stripe-Signature': signature },
-        body,
-        duplex: 'half',
-        signal: AbortSignal.timeout(15_000),
-      });
-      return readResponse(res);
-    }
 
     test('a chunked body over MAX_BODY_BYTES without Content-Length answers 413', async () => {
       const { evt, payload } = eventOfSize(MAX_BODY_BYTES + 8 * 1024);
@@ -547,6 +547,23 @@ describe('ingress', { timeout: 240_000 }, () => {
         const res = await post(unmigrated, payload, { secret });
         assert.equal(res.status, 503, `signed with secret ${secret === UNMIGRATED_SECRET_A ? 'A' : 'B'}: ${res.text}`);
       }
+    });
+
+    test('both ways in describe the D1 error alike, in one line: declared length (the entry\'s own path) and chunked', async () => {
+      const details = [];
+      for (const chunked of [false, true]) {
+        const { evt, payload } = rejectedEvent();
+        const from = unmigrated.logs().length;
+        const res = chunked
+          ? await postChunked(payload, UNMIGRATED_SECRET_A, unmigrated)
+          : await post(unmigrated, payload, { secret: UNMIGRATED_SECRET_A });
+        assert.equal(res.status, 503, res.text);
+        const line = await waitForLine(unmigrated, (l) => l.event_id === evt.id && l.reason === 'ledger_unavailable', { from });
+        assert.match(line.detail, /^D1: no such table: events/, JSON.stringify(line));
+        assert.ok(!line.detail.includes('\n'), `one line, no JavaScript stack: ${JSON.stringify(line.detail)}`);
+        details.push(line.detail.replace(evt.id, '<id>'));
+      }
+      assert.equal(details[0], details[1], 'the same description on both paths');
     });
 
     test('signatures are still checked first (400 for a wrong secret)', async () => {

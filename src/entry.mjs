@@ -48,17 +48,19 @@ async function webhook(request, env, signature, started) {
   }
   const args = JSON.parse(begun.slice(1));
   let row = null;
+  let threw = false;
   let error;
   try {
     claimSql ??= rust.claim_sql();
     row = await env.DB.prepare(claimSql).bind(...args).first();
   } catch (e) {
-    error = String(e?.message ?? e);
+    threw = true;
+    error = e;
   }
   const returned = row !== null && row !== undefined;
   return respond(rust.webhook_claimed(
     args[0], args[1], args[5], returned, returned ? row.type : undefined,
-    returned ? row.object_id ?? undefined : undefined, error, started,
+    returned ? row.object_id ?? undefined : undefined, threw, error, started,
   ));
 }
 
@@ -67,7 +69,7 @@ export default {
     const headers = request.headers;
     if (rust.webhook_fast(request.method, request.url, headers.get('content-length'), env)) {
       return webhook(request, env, headers.get('stripe-signature'), Date.now())
-        .catch((e) => rust.failed(String(e?.message ?? e)));
+        .catch((e) => rust.failed(e));
     }
     return new Promise((resolve) => {
       rust.serve(request, env, resolve);

@@ -63,10 +63,11 @@ pub(crate) fn spawn(job: impl Future<Output = JsValue> + 'static, resolve: js_sy
 }
 
 /// The entry's own path failed outside any decision (the body could not be read): logged
-/// and answered as [`serve`] answers a glue error (`router::internal_error`).
+/// and answered as [`serve`] answers a glue error (`router::internal_error`), the
+/// JavaScript error described as workers-rs describes it there.
 #[wasm_bindgen]
-pub fn failed(detail: String) -> JsValue {
-    router::internal_error(&worker::Error::RustError(detail))
+pub fn failed(error: JsValue) -> JsValue {
+    router::internal_error(&worker::Error::from(error))
         .map_or_else(|_| JsValue::UNDEFINED, JsValue::from)
 }
 

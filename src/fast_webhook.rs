@@ -19,6 +19,7 @@ use wasm_bindgen::JsValue;
 use worker::js_sys::{Function, Uint8Array};
 use worker::Env;
 
+use crate::d1::js_failure;
 use crate::d1::ledger::{claim_of_row, CLAIM_EVENT};
 use crate::router::{self, WEBHOOK_PATH};
 use crate::runtime::{has_db, load_config};
@@ -130,7 +131,8 @@ fn begin(
 }
 
 /// The second half, from the claim's outcome: the returned row's two columns
-/// (`returned`: a row came back), or the error D1 threw. Answers `A` and an answer.
+/// (`returned`: a row came back), or the error D1 threw (`threw`), described as the
+/// D1 adapter describes it. Answers `A` and an answer.
 #[wasm_bindgen]
 #[allow(clippy::too_many_arguments)]
 pub fn webhook_claimed(
@@ -140,20 +142,18 @@ pub fn webhook_claimed(
     returned: bool,
     stored_kind: Option<String>,
     stored_object: Option<String>,
-    error: Option<String>,
+    threw: bool,
+    error: JsValue,
     started: f64,
 ) -> String {
-    let claim = match error {
-        Some(detail) => Err(LedgerError {
-            operation: "claim_event",
-            detail,
-        }),
+    let claim = match threw {
+        true => Err(js_failure("claim_event")(error)),
         // As `D1Ledger::claim_event`: a returned row must carry the event's type.
-        None if returned && stored_kind.is_none() => Err(LedgerError {
+        false if returned && stored_kind.is_none() => Err(LedgerError {
             operation: "claim_event",
             detail: "the claimed row has no type".into(),
         }),
-        None => {
+        false => {
             let row = returned.then(|| (stored_kind.unwrap_or_default(), stored_object));
             Ok(claim_of_row(&kind, object_id.as_deref(), row))
         }

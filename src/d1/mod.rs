@@ -15,15 +15,21 @@ pub mod throttle;
 pub use ledger::D1Ledger;
 pub use throttle::D1Throttle;
 
+/// A failed D1 call as the ledger reports it. The detail is one line: D1's own message
+/// for a D1 error (workers-rs prints those as a multi-line debug dump with the
+/// JavaScript stack), else the error as workers-rs describes it.
 pub(super) fn failure(operation: &'static str) -> impl Fn(worker::Error) -> LedgerError {
     move |e| LedgerError {
         operation,
-        detail: e.to_string(),
+        detail: match e {
+            worker::Error::D1(d1) => format!("D1: {}", d1.cause()),
+            other => other.to_string(),
+        },
     }
 }
 
 /// A JavaScript exception of a D1 call, as `failure` reports the binding's errors.
-pub(super) fn js_failure(operation: &'static str) -> impl Fn(JsValue) -> LedgerError {
+pub(crate) fn js_failure(operation: &'static str) -> impl Fn(JsValue) -> LedgerError {
     move |e| failure(operation)(worker::Error::from(e))
 }
 
