@@ -2,10 +2,11 @@
 //! length (Stripe always does). JavaScript reads the body and, for an event that is only
 //! recorded, runs the event's claim; wasm is entered once before the claim and once after
 //! it, with no binding objects in between and no future unless SubtleCrypto signs the
-//! body (from `subtle::MIN_BYTES`: one promise, awaited by [`webhook_signed`]). Every decision is the core's
-//! (`ingress::verify`, `ingress::classify`, `ingress::recorded`, the same functions
-//! `ingress::handle` runs); this file only moves values across. Anything else (a purchase,
-//! a reversal) goes on through `router::decide` with the body already verified.
+//! body (from `subtle::MIN_BYTES`: one promise, awaited by [`webhook_signed`]). Every
+//! decision is the core's (`ingress::verify`, `ingress::classify`, `ingress::recorded`,
+//! the same functions `ingress::handle` runs); this file only moves values across.
+//! Anything else (a purchase, a reversal) goes on through `router::decide` with the body
+//! already verified.
 //!
 //! Why (`bench/ab.mjs`, BENCHMARKS.md "Session 7" and "Session 8"): over a new isolate's
 //! first 300 deliveries the async path cost 1.27x the JavaScript reference's CPU, this one
