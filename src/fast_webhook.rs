@@ -14,7 +14,7 @@
 
 use stripe_edge_core::fulfilment::plan::Disposition;
 use stripe_edge_core::ingress::{self, Decision, Delivery, Refusal};
-use stripe_edge_core::ports::ledger::{EventRecord, LedgerError};
+use stripe_edge_core::ports::ledger::EventRecord;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::js_sys::{Function, Uint8Array};
@@ -149,15 +149,11 @@ pub fn webhook_claimed(
 ) -> String {
     let claim = match threw {
         true => Err(js_failure("claim_event")(error)),
-        // As `D1Ledger::claim_event`: a returned row must carry the event's type.
-        false if returned && stored_kind.is_none() => Err(LedgerError {
-            operation: "claim_event",
-            detail: "the claimed row has no type".into(),
-        }),
-        false => {
-            let row = returned.then(|| (stored_kind.unwrap_or_default(), stored_object));
-            Ok(claim_of_row(&kind, object_id.as_deref(), row))
-        }
+        false => claim_of_row(
+            &kind,
+            object_id.as_deref(),
+            returned.then_some((stored_kind, stored_object)),
+        ),
     };
     let decision = Decision {
         event_id: Some(id),

@@ -149,16 +149,37 @@ pub(super) struct StoredEvent {
 
 /// The claim [`CLAIM_EVENT`]'s returned row (if any) means for `r`.
 pub(super) fn claim_of(r: &EventRecord, returned: Option<StoredEvent>) -> Claim {
-    claim_of_row(
+    claim_of_stored(
         &r.kind,
         r.object_id.as_deref(),
         returned.map(|s| (s.kind, s.object_id)),
     )
 }
 
-/// [`claim_of`] from the returned row's two columns (`src/entry.mjs` runs the statement
-/// itself on its own path, `src/fast_webhook.rs`).
+/// What [`CLAIM_EVENT`]'s result means for an event of `kind` about `object_id`: `None`
+/// when no row came back, else the returned row's two columns. A returned row without a
+/// type is a ledger failure. One reading for both ways the statement runs: here, and in
+/// `src/entry.mjs` on the entry's own path (`src/fast_webhook.rs`).
 pub fn claim_of_row(
+    kind: &str,
+    object_id: Option<&str>,
+    returned: Option<(Option<String>, Option<String>)>,
+) -> Result<Claim, LedgerError> {
+    match returned {
+        None => Ok(claim_of_stored(kind, object_id, None)),
+        Some((None, _)) => Err(LedgerError {
+            operation: "claim_event",
+            detail: "the claimed row has no type".into(),
+        }),
+        Some((Some(stored_kind), stored_object)) => Ok(claim_of_stored(
+            kind,
+            object_id,
+            Some((stored_kind, stored_object)),
+        )),
+    }
+}
+
+fn claim_of_stored(
     kind: &str,
     object_id: Option<&str>,
     returned: Option<(String, Option<String>)>,
@@ -366,19 +387,12 @@ impl Ledger for D1Ledger {
         let row = crate::settle::settled(&statement.first().map_err(js_failure(OP))?)
             .await
             .map_err(js_failure(OP))?;
-        if row.is_null() || row.is_undefined() {
-            return Ok(claim_of(r, None));
-        }
         // The row's two fields read directly, not through serde.
-        let row: &ClaimRow = row.unchecked_ref();
-        let Some(kind) = row.kind() else {
-            return Err(LedgerError {
-                operation: OP,
-                detail: "the claimed row has no type".into(),
-            });
-        };
-        let object_id = row.object_id();
-        Ok(claim_of(r, Some(StoredEvent { kind, object_id })))
+        let returned = (!row.is_null() && !row.is_undefined()).then(|| {
+            let row: &ClaimRow = row.unchecked_ref();
+            (row.kind(), row.object_id())
+        });
+        claim_of_row(&r.kind, r.object_id.as_deref(), returned)
     }
 
     async fn await_payment(
