@@ -148,7 +148,7 @@ pub async fn handle<L: Ledger, U: Upstream, C: Clock, S: Sink>(
 }
 
 /// The delivery's signature, checked as Stripe's SDKs do: `Err` is the refusal to
-/// answer. The first half of [`handle`]; the JavaScript entry's own path for small
+/// answer. The first half of [`handle`]; the JavaScript entry's own path for
 /// deliveries calls it too.
 pub fn verify(config: &Config, delivery: &Delivery<'_>, started_ms: u64) -> Result<(), Decision> {
     if config.webhook_secrets.is_empty() {
@@ -201,7 +201,7 @@ pub struct Classified<'a> {
 
 impl Classified<'_> {
     /// Whether recording the event is all there is to do ([`recorded`] decides from
-    /// its claim): the JavaScript entry's own path for small deliveries.
+    /// its claim): the JavaScript entry's own path runs that claim itself.
     pub fn records_only(&self) -> bool {
         self.disposition == Disposition::Ignored
     }
