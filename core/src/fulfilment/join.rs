@@ -33,6 +33,34 @@ pub async fn all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .collect()
 }
 
+/// Two futures of different kinds side by side: both outputs, once both are ready.
+pub async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut out_a, mut out_b) = (None, None);
+    poll_fn(|cx| {
+        if out_a.is_none() {
+            if let Poll::Ready(value) = a.as_mut().poll(cx) {
+                out_a = Some(value);
+            }
+        }
+        if out_b.is_none() {
+            if let Poll::Ready(value) = b.as_mut().poll(cx) {
+                out_b = Some(value);
+            }
+        }
+        if out_a.is_some() && out_b.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    (
+        out_a.expect("the first future is ready"),
+        out_b.expect("the second future is ready"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +89,16 @@ mod tests {
         let log = RefCell::new(Vec::new());
         let out = futures_executor::block_on(all(vec![step("a", &log), step("b", &log)]));
         assert_eq!(out, vec!["a", "b"]);
+        assert_eq!(*log.borrow(), vec!["a start", "b start", "a end", "b end"]);
+    }
+
+    #[test]
+    fn both_starts_each_before_either_finishes_and_keeps_their_order() {
+        let log = RefCell::new(Vec::new());
+        let out = futures_executor::block_on(both(step("a", &log), async {
+            step("b", &log).await.len()
+        }));
+        assert_eq!(out, ("a", 1));
         assert_eq!(*log.borrow(), vec!["a start", "b start", "a end", "b end"]);
     }
 }

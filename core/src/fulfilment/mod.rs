@@ -333,32 +333,40 @@ impl From<LedgerError> for ResumeError {
 /// scheduled re-drive and the queue consumer. The ledger keeps no customer data, so the
 /// session is fetched from Stripe; each step still builds its request from the event
 /// that opened it, so the bodies match earlier attempts.
+///
+/// The ledger's steps and Stripe's session are read side by side: neither needs the
+/// other, and one after the other they put a D1 round trip in front of every queue
+/// message, re-drive and replay. The steps decide first: none means an unknown purchase
+/// whatever Stripe answered.
 pub async fn resume<L: Ledger, U: Upstream, C: Clock, S: Sink>(
     deps: &Deps<'_, L, U, C, S>,
     session_id: &str,
     started_ms: u64,
 ) -> Result<Report, ResumeError> {
-    let rows = deps.ledger.steps_of(session_id).await?;
-    let Some(first) = rows.first() else {
-        return Err(ResumeError::Unknown);
+    let Some(key) = deps.config.stripe_api_key.as_ref() else {
+        // Nothing could run the steps; say whether there were any.
+        return Err(if deps.ledger.steps_of(session_id).await?.is_empty() {
+            ResumeError::Unknown
+        } else {
+            ResumeError::Session(StepError::NotConfigured(STRIPE_API_KEY))
+        });
     };
-    let key = deps
-        .config
-        .stripe_api_key
-        .as_ref()
-        .ok_or(ResumeError::Session(StepError::NotConfigured(
-            STRIPE_API_KEY,
-        )))?;
     let stripe = StripeApi {
         base: &deps.config.stripe_api_base,
         key,
         version: &deps.config.stripe_api_version,
     };
     let deadline = Deadline::new(started_ms, deps.config.upstream_timeout_ms);
-    let session = stripe
-        .checkout_session(deps.upstream, deps.clock, deadline, session_id)
-        .await
-        .map_err(|e| ResumeError::Session(e.into()))?;
+    let (rows, session) = join::both(
+        deps.ledger.steps_of(session_id),
+        stripe.checkout_session(deps.upstream, deps.clock, deadline, session_id),
+    )
+    .await;
+    let rows = rows?;
+    let Some(first) = rows.first() else {
+        return Err(ResumeError::Unknown);
+    };
+    let session = session.map_err(|e| ResumeError::Session(e.into()))?;
     // The ledger lists steps by name; they run in the plan's order (email after license).
     let mut steps: Vec<Step> = rows.iter().filter_map(|r| Step::parse(&r.step)).collect();
     steps.sort();

@@ -72,6 +72,11 @@ fn resuming_an_unknown_purchase_or_without_a_stripe_key_says_why() {
         stripe_api_key: None,
         ..full_config()
     });
+    assert_eq!(
+        block_on(resume(&no_key.deps(), "cs_1", NOW_MS)).unwrap_err(),
+        ResumeError::Unknown,
+        "no steps: unknown, key or no key"
+    );
     block_on(
         no_key
             .ledger
@@ -84,6 +89,30 @@ fn resuming_an_unknown_purchase_or_without_a_stripe_key_says_why() {
             crate::upstream::StepError::NotConfigured("STRIPE_API_KEY")
         ))
     ));
+}
+
+#[test]
+fn the_ledger_decides_an_unknown_purchase_whatever_stripe_answers_about_its_session() {
+    // The steps and the session are read side by side: Stripe is asked, and its answer
+    // (a session, or a failure) does not turn an unknown purchase into a known one.
+    let world = world();
+    assert_eq!(
+        block_on(resume(&world.deps(), "cs_none", NOW_MS)).unwrap_err(),
+        ResumeError::Unknown
+    );
+    world.upstream.script(Svc::Session, [status(503)]);
+    assert_eq!(
+        block_on(resume(&world.deps(), "cs_none", NOW_MS)).unwrap_err(),
+        ResumeError::Unknown
+    );
+    assert!(world.upstream.calls_to(Svc::License).is_empty());
+    // A known purchase: one session read per resume, then its steps.
+    world.upstream.script(Svc::License, [status(503)]);
+    deliver(&world);
+    let before = world.upstream.calls_to(Svc::Session).len();
+    let report = block_on(resume(&world.deps(), "cs_1", NOW_MS)).unwrap();
+    assert_eq!(report.outcome, RunOutcome::Complete);
+    assert_eq!(world.upstream.calls_to(Svc::Session).len(), before + 1);
 }
 
 #[test]
