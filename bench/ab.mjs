@@ -14,13 +14,14 @@
 // bench/.build/reference/index.js that does one step several times), SIZE_KB (1), SETS (3), ROUNDS per set (12), DELIVERIES per round (200),
 // WARMUP (200), CONCURRENCY (8).
 
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
 
-import { COMPAT_DATE, D1_FLOOR, FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
+import {
+  COMPAT_DATE, D1_FLOOR, FLOOR, REFERENCE, ROOT, SECRET, deliveries as signed, migrate, newWorkerd, rustWorker, threadCpu, workerdChildren,
+} from './support.mjs';
 const BUILDS = (process.env.BUILDS ?? 'build').split(',');
 const SIZE_KB = Number(process.env.SIZE_KB ?? 1);
 const ROUNDS = Number(process.env.ROUNDS ?? 12);
@@ -31,42 +32,12 @@ const SETS = Number(process.env.SETS ?? 3);
 
 /** The Miniflare options of one entry of BUILDS (or of the reference). */
 function workerOf(name) {
-  if (name === 'js') return { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') };
+  if (name === 'js') return REFERENCE;
   if (name === 'floor') return FLOOR;
   if (name === 'd1floor') return D1_FLOOR;
   // A bundled JavaScript Worker of its own (a variant of the reference, say).
   if (name.endsWith('.js')) return { modules: true, scriptPath: path.resolve(ROOT, name) };
-  const dir = path.resolve(ROOT, name);
-  return {
-    modulesRoot: dir,
-    modules: [
-      // A build from before src/entry.mjs has none: its index.js is the entry.
-      ...(existsSync(path.join(dir, 'entry.mjs')) ? [{ type: 'ESModule', path: path.join(dir, 'entry.mjs') }] : []),
-      { type: 'ESModule', path: path.join(dir, 'index.js') },
-      { type: 'CompiledWasm', path: path.join(dir, 'index_bg.wasm') },
-    ],
-  };
-}
-
-const pids = () => new Set(readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number));
-function childWorkerd(before) {
-  for (const pid of pids()) {
-    if (before.has(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (stat.includes('(workerd)') && ppid === process.pid) return pid;
-    } catch { /* gone */ }
-  }
-  throw new Error('no workerd process');
-}
-/** CPU seconds of every thread of `pid`, from schedstat (nanoseconds, not ticks). */
-function cpuSecs(pid) {
-  let ns = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try { ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]); } catch { /* gone */ }
-  }
-  return ns / 1e9;
+  return rustWorker(path.resolve(ROOT, name));
 }
 
 const deliveries = (n) => signed(n, SIZE_KB, 'ab');
@@ -74,7 +45,7 @@ const deliveries = (n) => signed(n, SIZE_KB, 'ab');
 /** Sends `batch` at CONCURRENCY; the worker's CPU per delivery, in ms. */
 async function load(w, batch) {
   let next = 0;
-  const cpu0 = cpuSecs(w.pid);
+  const cpu0 = threadCpu(w.pid).all;
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (next < batch.length) {
       const { payload, header } = batch[next];
@@ -88,7 +59,7 @@ async function load(w, batch) {
       if (res.status !== 200) throw new Error(`${w.name} answered ${res.status}: ${text}`);
     }
   }));
-  return ((cpuSecs(w.pid) - cpu0) / batch.length) * 1000;
+  return ((threadCpu(w.pid).all - cpu0) / batch.length) * 1000;
 }
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -103,7 +74,7 @@ try {
     // 1.04x and 1.05x of one reference (BENCHMARKS.md).
     const workers = [];
     for (const name of [...BUILDS, 'js']) {
-      const before = pids();
+      const before = workerdChildren();
       const mf = new Miniflare(convertV4MiniflareOptions({
         handleStructuredLogs: () => {},
         workers: [{ name: 'w', ...workerOf(name), compatibilityDate: COMPAT_DATE, d1Databases: { DB: 'ab' }, bindings: { STRIPE_WEBHOOK_SECRET: SECRET } }],
@@ -112,7 +83,7 @@ try {
       const url = await mf.ready;
       const db = await mf.getD1Database('DB');
       await migrate(db);
-      workers.push({ name, mf, url, pid: childWorkerd(before), cpu: [] });
+      workers.push({ name, mf, url, pid: newWorkerd(before), cpu: [] });
     }
     for (const w of workers) await load(w, deliveries(WARMUP));
     for (let r = 0; r < ROUNDS; r += 1) {

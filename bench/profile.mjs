@@ -19,15 +19,16 @@
 // DELIVERIES (2000), WARMUP (400), CONCURRENCY (8), INTERVAL_US (50), TOP (25), OUT (a
 // directory: the .cpuprofile, for Chrome DevTools).
 
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
 import WebSocket from 'ws';
 
-import { COMPAT_DATE, D1_FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
+import {
+  COMPAT_DATE, D1_FLOOR, REFERENCE, ROOT, SECRET, deliveries as signed, migrate, newWorkerd, rustWorker, threadCpu, workerdChildren,
+} from './support.mjs';
 
 const WORKER = process.env.WORKER ?? 'rust';
 const BUILD_DIR = path.resolve(ROOT, process.env.BUILD_DIR ?? 'build');
@@ -43,20 +44,11 @@ const OUT = process.env.OUT;
 // time: every isolate runs on workerd's one thread, and two profilers sampling it at
 // once attribute each other's time.
 const TARGET = process.env.TARGET ?? `user:${WORKER}`;
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 // The same Workers as bench/workers.mjs.
 const WORKERS = {
-  rust: {
-    modulesRoot: BUILD_DIR,
-    modules: [
-      // A build from before src/entry.mjs (e.g. to profile an older commit) has none.
-      ...(existsSync(path.join(BUILD_DIR, 'entry.mjs')) ? [{ type: 'ESModule', path: path.join(BUILD_DIR, 'entry.mjs') }] : []),
-      { type: 'ESModule', path: path.join(BUILD_DIR, 'index.js') },
-      { type: 'CompiledWasm', path: path.join(BUILD_DIR, 'index_bg.wasm') },
-    ],
-  },
-  js: { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') },
+  rust: rustWorker(BUILD_DIR),
+  js: REFERENCE,
   d1floor: D1_FLOOR,
 };
 
@@ -81,26 +73,6 @@ async function load(url, batch) {
       if (res.status !== 200) throw new Error(`answered ${res.status}: ${res.text}`);
     }
   }));
-}
-
-function workerdPid(before) {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || before.has(Number(entry))) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (stat.includes('(workerd)') && ppid === process.pid) return Number(entry);
-    } catch { /* gone */ }
-  }
-  throw new Error('no workerd process');
-}
-function cpuSecs(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = fields.slice(fields.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-}
-function pidsNow() {
-  return new Set(readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number));
 }
 
 /** A minimal CDP client over one WebSocket. */
@@ -165,7 +137,7 @@ function selfSamples(profile) {
 async function main() {
   console.log(`profile: ${WORKER}${WORKER === 'rust' ? ` (${path.relative(ROOT, BUILD_DIR)})` : ''}, ${SIZE_KB} KB, ${DELIVERIES} deliveries after ${WARMUP} warm-up, concurrency ${CONCURRENCY}, sampling every ${INTERVAL_US} µs`);
   console.log(`load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  const before = pidsNow();
+  const before = workerdChildren();
   const mf = new Miniflare(convertV4MiniflareOptions({
     handleStructuredLogs: () => {},
     inspectorPort: 0,
@@ -181,7 +153,7 @@ async function main() {
     const url = await mf.ready;
     const db = await mf.getD1Database('DB');
     await migrate(db);
-    const pid = workerdPid(before);
+    const pid = newWorkerd(before);
     await load(url, deliveries(WARMUP, SIZE_KB));
 
     const inspector = await mf.getInspectorURL();
@@ -198,11 +170,11 @@ async function main() {
     }
     const batch = deliveries(DELIVERIES, SIZE_KB);
     for (const { session } of sessions) await session.send('Profiler.start');
-    const cpu0 = cpuSecs(pid);
+    const cpu0 = threadCpu(pid).all;
     const t0 = performance.now();
     await load(url, batch);
     const wall = performance.now() - t0;
-    const cpu = cpuSecs(pid) - cpu0;
+    const cpu = threadCpu(pid).all - cpu0;
     const profiles = [];
     for (const { name, session } of sessions) {
       const { profile } = await session.send('Profiler.stop');

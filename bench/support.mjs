@@ -1,7 +1,7 @@
 // What the whole-Worker benchmarks share (workers.mjs, ab.mjs, profile.mjs): the signed
 // deliveries every Worker gets, the two floor Workers, and the D1 schema from migrations/.
 
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -48,6 +48,61 @@ export const D1_FLOOR = {
     return Response.json({ received: true, event_id: event.id, status });
   } };`,
 };
+
+/** The Miniflare options of one build of this Worker (a directory scripts/build.sh wrote). */
+export function rustWorker(dir) {
+  return {
+    modulesRoot: dir,
+    modules: [
+      // A build from before src/entry.mjs (an older commit's, to compare) has none.
+      ...(existsSync(path.join(dir, 'entry.mjs')) ? [{ type: 'ESModule', path: path.join(dir, 'entry.mjs') }] : []),
+      { type: 'ESModule', path: path.join(dir, 'index.js') },
+      { type: 'CompiledWasm', path: path.join(dir, 'index_bg.wasm') },
+    ],
+  };
+}
+
+/** The reference JavaScript Worker, as bench/workers.sh bundles it. */
+export const REFERENCE = { modules: true, scriptPath: path.join(ROOT, 'bench/.build/reference/index.js') };
+
+/** The pids of the workerd processes this Node process started (one per Miniflare). */
+export function workerdChildren() {
+  const pids = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (stat.includes('(workerd)') && ppid === process.pid) pids.push(Number(entry));
+    } catch { /* gone */ }
+  }
+  return pids;
+}
+
+/** The workerd started since `before` (what `workerdChildren()` returned then). */
+export function newWorkerd(before) {
+  const [pid] = workerdChildren().filter((p) => !before.includes(p));
+  if (!pid) throw new Error('no new workerd process');
+  return pid;
+}
+
+/**
+ * CPU seconds of `pid`, from each thread's schedstat (nanoseconds, not clock ticks):
+ * `all` its threads; `v8` only V8's own worker threads (named `V8 DefaultWorke…`:
+ * TurboFan's background compiles and concurrent GC, off the request's thread).
+ */
+export function threadCpu(pid) {
+  let all = 0;
+  let v8 = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+      all += ns;
+      if (readFileSync(`/proc/${pid}/task/${task}/comm`, 'utf8').startsWith('V8')) v8 += ns;
+    } catch { /* gone */ }
+  }
+  return { all: all / 1e9, v8: v8 / 1e9 };
+}
 
 let serial = 0;
 /**

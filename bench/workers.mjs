@@ -37,7 +37,9 @@ import { Miniflare, convertV4MiniflareOptions } from 'miniflare';
 import { startWorker } from '../e2e/support/worker.mjs';
 import Stripe from 'stripe';
 
-import { COMPAT_DATE, D1_FLOOR, FLOOR, ROOT, SECRET, deliveries as signed, migrate } from './support.mjs';
+import {
+  COMPAT_DATE, D1_FLOOR, FLOOR, REFERENCE, ROOT, SECRET, deliveries as signed, migrate, rustWorker, threadCpu, workerdChildren,
+} from './support.mjs';
 const INSTANCES = Number(process.env.INSTANCES ?? 3);
 const ROUNDS = Number(process.env.ROUNDS ?? 6);
 const DELIVERIES = Number(process.env.DELIVERIES ?? 300);
@@ -51,47 +53,13 @@ const DEADLINE_S = Number(process.env.DEADLINE_S ?? 900);
 const REQUEST_TIMEOUT_MS = 10_000;
 
 const WORKERS = {
-  rust: {
-    modulesRoot: path.join(ROOT, 'build'),
-    modules: [
-      { type: 'ESModule', path: path.join(ROOT, 'build/entry.mjs') },
-      { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
-      { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
-    ],
-  },
-  js: {
-    modules: true,
-    scriptPath: path.join(ROOT, 'bench/.build/reference/index.js'),
-  },
+  rust: rustWorker(path.join(ROOT, 'build')),
+  js: REFERENCE,
   floor: FLOOR,
   d1floor: D1_FLOOR,
 };
 const LABEL = { rust: 'Rust', js: 'JS', floor: 'floor: read body, answer 200', d1floor: 'D1 floor: JS reference without verification' };
 const FLOORS = new Set(['floor', 'd1floor']);
-
-/** The pids of workerd processes that are children of this process. */
-function workerdPids() {
-  const pids = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (stat.includes('(workerd)') && Number(fields[1]) === process.pid) pids.push(Number(entry));
-    } catch { /* gone */ }
-  }
-  return pids;
-}
-
-/** utime + stime of `pid`, in seconds. */
-/** CPU seconds of every thread of `pid`, from schedstat (nanoseconds, not clock ticks). */
-function cpuSecs(pid) {
-  let ns = 0;
-  for (const task of readdirSync(`/proc/${pid}/task`)) {
-    try { ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]); } catch { /* gone */ }
-  }
-  return ns / 1e9;
-}
 
 function rssMiB(pid) {
   const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
@@ -99,7 +67,7 @@ function rssMiB(pid) {
 }
 
 async function start(name, live) {
-  const before = new Set(workerdPids());
+  const before = new Set(workerdChildren());
   const t0 = performance.now();
   // Miniflare 5 takes a new options shape; the v4 one converts (and stays readable).
   const mf = new Miniflare(convertV4MiniflareOptions({
@@ -120,7 +88,7 @@ async function start(name, live) {
   const ready = performance.now() - t0;
   const db = await mf.getD1Database('DB');
   await migrate(db);
-  const [pid] = workerdPids().filter((p) => !before.has(p));
+  const [pid] = workerdChildren().filter((p) => !before.has(p));
   if (!pid) throw new Error(`no workerd process found for ${name}`);
   // Startup: process start to the first 200 on a signed delivery (includes the migration).
   const [first] = deliveries(1, 1);
@@ -160,7 +128,7 @@ async function load(worker, batch) {
   const latencies = [];
   let next = 0;
   let failures = 0;
-  const cpu0 = cpuSecs(worker.pid);
+  const cpu0 = threadCpu(worker.pid).all;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (next < batch.length) {
@@ -173,7 +141,7 @@ async function load(worker, batch) {
     }
   }));
   const wall = (performance.now() - t0) / 1000;
-  const cpu = cpuSecs(worker.pid) - cpu0;
+  const cpu = threadCpu(worker.pid).all - cpu0;
   if (failures) throw new Error(`${worker.name}: ${failures} deliveries were not answered 200`);
   return { latencies, wall, cpu };
 }

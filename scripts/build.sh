@@ -54,7 +54,14 @@ done
 # --low-memory-unused: rustc's wasm32 layout puts the 1 MiB stack first, growing down
 # towards 0, and the data after it, so nothing lives in the lowest 1 KiB; binaryen may
 # then fold constant offsets into loads and stores (2 KiB of the gzipped upload).
-passes=(-O --low-memory-unused)
+# --one-caller-inline-max-function-size=20: binaryen's -O otherwise inlines every function
+# that has a single caller, however large, and V8 compiles a hot wasm function whole with
+# TurboFan. The settings' one-time load was inlined into the thread-local read every
+# request makes, the Checkout Session and money-back decoders into `ingress::classify`
+# that every event goes through: 74 of the ~110 ms TurboFan spent in each new isolate
+# (workerd's `--trace-wasm-compilation-times`), now ~30 ms in all; and the upload is
+# 20 KB (gzipped) smaller. BENCHMARKS.md, "Session 9".
+passes=(-O --low-memory-unused --one-caller-inline-max-function-size=20)
 features=(--enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int
   --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling)
 if [[ "${KEEP_WASM_NAMES:-}" == "1" ]]; then
