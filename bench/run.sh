@@ -11,3 +11,5 @@ echo "== engine level: the core in wasm against the stripe SDK on Node 22's V8"
 bash bench/engine.sh
 echo "== whole Workers under the same workerd (Miniflare), and startup"
 bash bench/workers.sh
+echo "== a new isolate's first deliveries: CPU by thread, and what V8 compiles with TurboFan"
+node bench/tiering.mjs
