@@ -4,8 +4,9 @@
 # build/entry.mjs (the `main` in wrangler.toml, which imports index.js; worker-build's
 # own build/worker/shim.mjs is left unused). wrangler.toml's [build] runs this before
 # `wrangler dev`/`deploy`.
-# Skips the build when the output is newer than src/, core/, the manifests and Cargo.lock,
-# so `wrangler dev` starts fast and the tests build once. FORCE_BUILD=1 rebuilds.
+# Skips the build when the output is newer than src/, core/, the manifests, Cargo.lock and
+# this script (its wasm-opt flags shape the output too), so `wrangler dev` starts fast and
+# the tests build once. FORCE_BUILD=1 rebuilds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,9 +17,9 @@ WASM="build/index_bg.wasm"
 GLUE="build/index.js"
 
 if [[ "${FORCE_BUILD:-}" != "1" && -f "$ENTRY" && -f "$WASM" && -f "$GLUE" ]]; then
-  newer="$(find src core/src core/Cargo.toml Cargo.toml Cargo.lock -newer "$ENTRY" -print -quit 2>/dev/null || true)"
+  newer="$(find src core/src core/Cargo.toml Cargo.toml Cargo.lock scripts/build.sh -newer "$ENTRY" -print -quit 2>/dev/null || true)"
   if [[ -z "$newer" ]]; then
-    echo "[build] up to date ($ENTRY newer than src/, core/, Cargo.toml, Cargo.lock): skipping worker-build" >&2
+    echo "[build] up to date ($ENTRY newer than src/, core/, Cargo.toml, Cargo.lock, scripts/build.sh): skipping worker-build" >&2
     exit 0
   fi
   echo "[build] $newer changed: rebuilding" >&2
@@ -58,9 +59,9 @@ done
 # that has a single caller, however large, and V8 compiles a hot wasm function whole with
 # TurboFan. The settings' one-time load was inlined into the thread-local read every
 # request makes, the Checkout Session and money-back decoders into `ingress::classify`
-# that every event goes through: 74 of the ~110 ms TurboFan spent in each new isolate
-# (workerd's `--trace-wasm-compilation-times`), now ~30 ms in all; and the upload is
-# 20 KB (gzipped) smaller. BENCHMARKS.md, "Session 9".
+# that every event goes through: about 70 of the ~110 ms TurboFan spent over a new
+# isolate's first deliveries (workerd's `--trace-wasm-compilation-times`), now about 37 ms
+# in all; and the upload is 20 KB (gzipped) smaller. BENCHMARKS.md, "Session 9".
 passes=(-O --low-memory-unused --one-caller-inline-max-function-size=20)
 features=(--enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int
   --enable-bulk-memory --enable-multivalue --enable-reference-types --enable-exception-handling)
